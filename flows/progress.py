@@ -1,0 +1,35 @@
+"""A terminal progress bar fed by the sweep's cell-finished events."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from flows.sweep import add_progress_listener, remove_progress_listener
+
+
+@contextlib.contextmanager
+def terminal_progress(console: Console) -> Iterator[None]:
+    columns = (
+        TextColumn("cells"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("preparing data", total=None)
+
+        def on_cell(done: int, total: int, record: dict) -> None:
+            loss = record.get("val_loss_nats")
+            last = f"last: {record['status']}" + (f", val loss {loss:.3f}" if loss is not None else "")
+            bar.update(task, completed=done, total=total, description=last)
+
+        add_progress_listener(on_cell)
+        try:
+            yield
+        finally:
+            remove_progress_listener(on_cell)

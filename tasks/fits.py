@@ -1,0 +1,183 @@
+"""From a sweep's `runs` rows to fitted laws: which points each form sees, and the fits table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tasks import laws
+
+PARAMS_COLUMN = {"nonembedding": "params_nonembedding", "total": "params_total"}
+COMPUTE_COLUMN = {"6nd": "compute_6nd", "with_attention": "compute_with_attention"}
+
+
+@dataclass(frozen=True)
+class SweepPoints:
+    """The finished cells of a sweep as arrays; N and C as the fit's accounting chose them."""
+
+    cell_ids: list[str]
+    N: np.ndarray
+    D: np.ndarray
+    C: np.ndarray
+    loss: np.ndarray
+    params_kind: str
+    compute_kind: str
+    excluded: list[str] = field(default_factory=list)  # "cell_id (status)" of cells left out
+
+
+@dataclass(frozen=True)
+class SweepFits:
+    points: SweepPoints
+    fits: list[laws.FitResult]
+    skipped: dict[str, str]  # form -> why it was not fitted
+    optimal: laws.ComputeOptimal | None
+
+
+def points_from_runs(rows: list[dict], params_kind: str, compute_kind: str) -> SweepPoints:
+    """Points of the cells that finished `ok`; the others are listed as excluded."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    excluded = [f"{r['cell_id']} ({r['status']})" for r in rows if r["status"] != "ok"]
+    return SweepPoints(
+        cell_ids=[r["cell_id"] for r in ok],
+        N=np.array([r[PARAMS_COLUMN[params_kind]] for r in ok], dtype=float),
+        D=np.array([r["tokens_seen"] for r in ok], dtype=float),
+        C=np.array([r[COMPUTE_COLUMN[compute_kind]] for r in ok], dtype=float),
+        loss=np.array([r["val_loss_nats"] for r in ok], dtype=float),
+        params_kind=params_kind,
+        compute_kind=compute_kind,
+        excluded=excluded,
+    )
+
+
+def best_per(key: np.ndarray, loss: np.ndarray) -> np.ndarray:
+    """Indices of the lowest-loss point for each distinct value of `key`."""
+    return np.array([np.flatnonzero(key == value)[np.argmin(loss[key == value])] for value in np.unique(key)])
+
+
+def compute_frontier(compute: np.ndarray, loss: np.ndarray) -> np.ndarray:
+    """Indices of the points that beat every point of smaller compute (the loss-compute frontier)."""
+    order = np.argsort(compute)
+    frontier, best = [], np.inf
+    for index in order:
+        if loss[index] < best:
+            frontier.append(index)
+            best = loss[index]
+    return np.array(frontier)
+
+
+def fit_sweep(points: SweepPoints) -> SweepFits:
+    """Every law form that the points can determine; the others are skipped with the reason."""
+    per_n = best_per(points.N, points.loss)
+    per_d = best_per(points.D, points.loss)
+    frontier = compute_frontier(points.C, points.loss)
+    attempts = {
+        "chinchilla": lambda: laws.fit_chinchilla(points.N, points.D, points.loss),
+        "power_law_N": lambda: laws.fit_power_law(points.N[per_n], points.loss[per_n], axis="N"),
+        "power_law_D": lambda: laws.fit_power_law(points.D[per_d], points.loss[per_d], axis="D"),
+        "power_law_C": lambda: laws.fit_power_law(points.C[frontier], points.loss[frontier], axis="C"),
+        "multiplicative": lambda: laws.fit_multiplicative(points.N, points.D, points.C, points.loss),
+    }
+    fits, skipped = [], {}
+    for form, attempt in attempts.items():
+        try:
+            fits.append(attempt())
+        except ValueError as error:
+            skipped[form] = str(error)
+    return SweepFits(points, fits, skipped, _compute_optimal(points, fits))
+
+
+def fit_rows(fit_id: str, sweep: SweepFits) -> list[dict]:
+    """One row per fitted parameter, for the `fits` table; skipped forms get one row saying why."""
+    rows = [
+        {
+            "fit_id": fit_id,
+            "form": fit.form,
+            "parameter": name,
+            "estimate": estimate,
+            "stderr": fit.stderr.get(name),
+            "ci_low": fit.ci_low.get(name),
+            "ci_high": fit.ci_high.get(name),
+            "objective": fit.objective,
+            "n_points": fit.n_points,
+            "converged": fit.converged,
+            "params_kind": sweep.points.params_kind,
+            "compute_kind": sweep.points.compute_kind,
+            "note": fit.note,
+        }
+        for fit in sweep.fits
+        for name, estimate in fit.params.items()
+    ]
+    for form, why in sweep.skipped.items():
+        rows.append(
+            {
+                "fit_id": fit_id,
+                "form": form,
+                "parameter": None,
+                "n_points": len(sweep.points.cell_ids),
+                "converged": False,
+                "params_kind": sweep.points.params_kind,
+                "compute_kind": sweep.points.compute_kind,
+                "note": f"not fitted: {why}",
+            }
+        )
+    return rows
+
+
+def load_sweep_fits(run_rows: list[dict], fit_table_rows: list[dict]) -> SweepFits:
+    """Rebuild the fitted laws from the `fits` table (estimates and intervals; no residuals)."""
+    first = fit_table_rows[0]
+    points = points_from_runs(run_rows, first["params_kind"], first["compute_kind"])
+    by_form: dict[str, list[dict]] = {}
+    for row in fit_table_rows:
+        by_form.setdefault(row["form"], []).append(row)
+    results, skipped = [], {}
+    for form, rows in by_form.items():
+        if rows[0]["parameter"] is None:
+            skipped[form] = rows[0]["note"].removeprefix("not fitted: ")
+            continue
+        results.append(
+            laws.FitResult(
+                form=form,
+                params={r["parameter"]: r["estimate"] for r in rows},
+                stderr={r["parameter"]: r["stderr"] for r in rows},
+                ci_low={r["parameter"]: r["ci_low"] for r in rows},
+                ci_high={r["parameter"]: r["ci_high"] for r in rows},
+                objective=rows[0]["objective"],
+                n_points=rows[0]["n_points"],
+                converged=rows[0]["converged"],
+                residuals=np.array([]),
+                note=rows[0]["note"],
+            )
+        )
+    return SweepFits(points, results, skipped, _compute_optimal(points, results))
+
+
+def _compute_optimal(points: SweepPoints, results: list[laws.FitResult]) -> laws.ComputeOptimal | None:
+    chinchilla = next((f for f in results if f.form == "chinchilla"), None)
+    if chinchilla is None:
+        return None
+    return laws.compute_optimal(chinchilla, np.geomspace(points.C.min(), points.C.max() * 100, 24))
+
+
+def law_text(fit: laws.FitResult) -> str:
+    """The fitted law as one readable line."""
+    p = fit.params
+    if fit.form == "chinchilla":
+        return (
+            f"L(N, D) = {p['E']:.3f} + {p['A']:.4g} / N^{p['alpha']:.3f} + {p['B']:.4g} / D^{p['beta']:.3f}"
+        )
+    if fit.form.startswith("power_law_"):
+        x = fit.form.removeprefix("power_law_")
+        return f"L({x}) = {p['E']:.3f} + {p['A']:.4g} · {x}^-{p['alpha']:.3f}"
+    if fit.form == "kaplan":
+        return (
+            f"L(N, D) = [({p['N_c']:.3g}/N)^({p['alpha_N']:.3f}/{p['alpha_D']:.3f}) "
+            f"+ {p['D_c']:.3g}/D]^{p['alpha_D']:.3f}"
+        )
+    terms = [
+        f"{axis}^{p[name]:.3f}"
+        for axis, name in zip("NDC", "bcd", strict=True)
+        if np.isfinite(p.get(name, np.nan))
+    ]
+    return f"L = {p['a']:.4g} · {' · '.join(terms)}"

@@ -1,0 +1,105 @@
+"""Model shapes, parameter and FLOP accounting, and the Llama-style decoder (a transformers config)."""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import LlamaForCausalLM
+
+HEAD_DIM_SMALL = 16  # d_model below 256
+HEAD_DIM_LARGE = 64
+TARGET_ASPECT = 32.0  # d_model / n_layers; Kaplan et al. find loss flat over 20-200
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    d_model: int
+    n_layers: int
+    n_heads: int = 0  # 0: derived from d_model
+    d_ff: int = 0  # 0: the Llama rule, 8/3 d_model rounded up to a multiple of 16
+
+    def __post_init__(self) -> None:
+        if self.d_model < 8 or self.n_layers < 1:
+            raise ValueError("a model shape needs d_model >= 8 and n_layers >= 1")
+        if self.n_heads < 0 or self.d_ff < 0:
+            raise ValueError("n_heads and d_ff must be positive (or 0 to derive them)")
+        if self.d_model % self.heads:
+            raise ValueError(f"n_heads {self.heads} does not divide d_model {self.d_model}; pick a divisor")
+
+    @property
+    def heads(self) -> int:
+        if self.n_heads:
+            return self.n_heads
+        head_dim = HEAD_DIM_SMALL if self.d_model < 256 else HEAD_DIM_LARGE
+        return max(1, self.d_model // head_dim)
+
+    @property
+    def ff(self) -> int:
+        return self.d_ff or 16 * math.ceil(8 * self.d_model / 3 / 16)
+
+    def params_nonembedding(self) -> int:
+        d = self.d_model
+        per_layer = 4 * d * d + 3 * d * self.ff + 2 * d  # attention, SwiGLU MLP, two RMSNorms
+        return self.n_layers * per_layer + d  # plus the final norm
+
+    def params_total(self, vocab_size: int) -> int:
+        return self.params_nonembedding() + vocab_size * self.d_model  # embeddings tied to the LM head
+
+
+@functools.lru_cache(maxsize=256)
+def shape_for_params(target: int) -> ModelShape:
+    """The shape whose non-embedding parameter count is closest to `target`, near the target aspect."""
+    candidates = []
+    for d_model in range(16, 8193, 16):
+        if d_model >= 256 and d_model % HEAD_DIM_LARGE:
+            continue
+        for n_layers in range(1, 97):
+            shape = ModelShape(d_model, n_layers)
+            size_miss = abs(math.log(shape.params_nonembedding() / target))
+            aspect_miss = abs(math.log(d_model / n_layers / TARGET_ASPECT))
+            candidates.append((size_miss + 0.1 * aspect_miss, d_model, n_layers))
+    _, d_model, n_layers = min(candidates)
+    return ModelShape(d_model, n_layers)
+
+
+def training_flops_per_token(shape: ModelShape, vocab_size: int, context: int) -> dict[str, float]:
+    """Training FLOPs per token: 6N (Kaplan's C), and with attention scores and the unembedding."""
+    six_n = 6.0 * shape.params_nonembedding()
+    attention = 6.0 * shape.n_layers * context * shape.d_model
+    unembedding = 6.0 * shape.d_model * vocab_size
+    return {"6nd": six_n, "with_attention": six_n + attention + unembedding}
+
+
+def build_model(shape: ModelShape, vocab_size: int, context: int, seed: int) -> LlamaForCausalLM:
+    import torch  # heavy imports, kept out of the spec's import path
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=shape.d_model,
+        intermediate_size=shape.ff,
+        num_hidden_layers=shape.n_layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.heads,
+        max_position_embeddings=context,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=0,
+        pad_token_id=0,
+        attn_implementation="sdpa",
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def count_params(model: torch.nn.Module) -> tuple[int, int]:
+    """(non-embedding, total) parameters of a built model; tied weights are counted once."""
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight.numel()
+    return total - embedding, total

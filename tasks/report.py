@@ -1,0 +1,150 @@
+"""The sweep report: Markdown text and PNG plots rendered from the fitted laws and the runs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from tasks.fits import SweepFits, law_text
+
+COMPUTE_NAMES = {"6nd": "6·N·D", "with_attention": "6·N·D plus attention and unembedding terms"}
+PLOTS = ("loss_vs_N.png", "loss_vs_D.png", "compute_optimal.png")
+
+
+def render_report(name: str, sweep: SweepFits, rows: list[dict], out: Path) -> str:
+    """Write the plots into `out` and return the report's Markdown (which links them)."""
+    chinchilla = next((f for f in sweep.fits if f.form == "chinchilla"), None)
+    _plot_loss_against(sweep, chinchilla, "N", out / PLOTS[0])
+    _plot_loss_against(sweep, chinchilla, "D", out / PLOTS[1])
+    _plot_compute_optimal(sweep, out / PLOTS[2])
+    return "\n".join(
+        [
+            f"# Scaling laws: sweep `{name}`",
+            "",
+            f"{len(sweep.points.cell_ids)} cells fitted; N = {_kind_of_n(sweep)}, "
+            f"C = {COMPUTE_NAMES[sweep.points.compute_kind]}.",
+            *(
+                [f"Excluded from the fits: {', '.join(sweep.points.excluded)}."]
+                if sweep.points.excluded
+                else []
+            ),
+            "",
+            "## Fitted laws",
+            "",
+            *_fit_lines(sweep),
+            "",
+            *_optimal_lines(sweep),
+            "## Plots",
+            "",
+            *[f"![{plot}]({plot})" for plot in PLOTS],
+            "",
+            "## Cells",
+            "",
+            *_cell_table(rows),
+        ]
+    )
+
+
+def _kind_of_n(sweep: SweepFits) -> str:
+    return "non-embedding parameters" if sweep.points.params_kind == "nonembedding" else "all parameters"
+
+
+def _fit_lines(sweep: SweepFits) -> list[str]:
+    lines = [
+        "| form | law | objective | points | converged | note |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for fit in sweep.fits:
+        cells = [fit.form, law_text(fit), f"{fit.objective:.4g}", fit.n_points, fit.converged, fit.note]
+        lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+    lines += [f"| {form} | not fitted | | | | {why} |" for form, why in sweep.skipped.items()]
+    return lines
+
+
+def _optimal_lines(sweep: SweepFits) -> list[str]:
+    optimal = sweep.optimal
+    if optimal is None:
+        return []
+    lines = [
+        "## Compute-optimal allocation (from the Chinchilla-form fit, C = 6·N·D)",
+        "",
+        f"N_opt ∝ C^{optimal.a:.3f}, D_opt ∝ C^{optimal.b:.3f}.",
+        "",
+        "| compute (FLOP) | N_opt | D_opt | tokens per parameter | predicted loss |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for i in np.linspace(0, len(optimal.compute) - 1, 5).astype(int):
+        lines.append(
+            f"| {optimal.compute[i]:.3g} | {optimal.N_opt[i]:.3g} | {optimal.D_opt[i]:.3g} "
+            f"| {optimal.tokens_per_param[i]:.3g} | {optimal.loss[i]:.4f} |"
+        )
+    return [*lines, ""]
+
+
+def _cell_table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| cell | N (non-emb.) | D (tokens) | status | val loss (nats) | bits/byte | tokens/s | sample |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in sorted(rows, key=lambda r: (r["params_nonembedding"], r["tokens_target"])):
+        sample = (r.get("sample") or r.get("error") or "").replace("|", "/").replace("\n", " ")[:80]
+        lines.append(
+            f"| {r['cell_id'][:10]} | {r['params_nonembedding']:,} | {r['tokens_target']:,} | {r['status']} "
+            f"| {_number(r.get('val_loss_nats'))} | {_number(r.get('val_bits_per_byte'))} "
+            f"| {_number(r.get('tokens_per_second'), '.0f')} | {sample} |"
+        )
+    return lines
+
+
+def _number(value: float | None, fmt: str = ".4f") -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+
+
+def _plot_loss_against(sweep: SweepFits, chinchilla, axis: str, path: Path) -> None:
+    points = sweep.points
+    x, group = (points.N, points.D) if axis == "N" else (points.D, points.N)
+    figure, ax = plt.subplots(figsize=(6, 4))
+    colours = plt.cm.viridis(np.linspace(0, 0.9, len(np.unique(group))))
+    for colour, value in zip(colours, np.unique(group), strict=True):
+        mask = group == value
+        label = f"{'D' if axis == 'N' else 'N'} = {value:.3g}"
+        ax.scatter(x[mask], points.loss[mask], color=colour, label=label, zorder=3)
+        if chinchilla is not None:
+            grid = np.geomspace(x.min() / 1.5, x.max() * 1.5, 60)
+            other = np.full_like(grid, value)
+            predicted = chinchilla.predict(grid, other) if axis == "N" else chinchilla.predict(other, grid)
+            ax.plot(grid, predicted, color=colour, alpha=0.7)
+    ax.set_xscale("log")
+    ax.set_xlabel("N (parameters)" if axis == "N" else "D (tokens)")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title(f"Loss against {axis}; lines: Chinchilla-form fit")
+    ax.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _plot_compute_optimal(sweep: SweepFits, path: Path) -> None:
+    points = sweep.points
+    figure, ax = plt.subplots(figsize=(6, 4))
+    scatter = ax.scatter(points.C, points.N, c=points.loss, cmap="viridis_r", zorder=3)
+    figure.colorbar(scatter, label="validation loss (nats/token)")
+    if sweep.optimal is not None:
+        ax.plot(sweep.optimal.compute, sweep.optimal.N_opt, color="crimson", label="compute-optimal N")
+        if sweep.optimal.N_opt_ci is not None:
+            ax.fill_between(sweep.optimal.compute, *sweep.optimal.N_opt_ci, color="crimson", alpha=0.2)
+        ax.legend(fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("compute C (FLOP)")
+    ax.set_ylabel("N (parameters)")
+    ax.set_title("Cells and the compute-optimal frontier")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,246 @@
+"""The pipeline's Prefect tasks: each turns inputs into one store artifact, at a fingerprinted path.
+
+A task's fingerprint is a hash of its parameters (less the ones that do not change the result) and
+the code version; it is both the artifact's folder name and the Prefect cache key. A task whose
+artifact is complete returns its record without work, so a sweep resumes even without Prefect's
+database; the flow asks Prefect to refresh the cache when the artifact is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import get_run_logger, task
+
+from storage import schemas
+from storage.store import Store, fingerprint
+from tasks import corpus, fits, report, tokens
+from tasks.cell import CellPlan, plan_columns
+from tasks.model import ModelShape
+
+CODE_VERSION = "2026.11.1"  # bump when a change alters any artifact's content
+NOT_IDENTITY = frozenset({"store", "threads"})  # parameters that do not change a result
+
+Record = dict[str, Any]
+
+
+def step_fingerprint(kind: str, params: dict[str, Any]) -> str:
+    identity = {k: v for k, v in params.items() if k not in NOT_IDENTITY}
+    return fingerprint(kind, {"code": CODE_VERSION, **identity})
+
+
+def reusable(record: Record | None) -> bool:
+    """A stored artifact that a rerun may return as is (failed and diverged cells are retried)."""
+    return record is not None and record.get("status", "ok") == "ok"
+
+
+def _cache_key(context: Any, parameters: dict[str, Any]) -> str:
+    kind = context.task.name
+    return f"{kind}-{step_fingerprint(kind, parameters)}-{fingerprint('store', parameters['store'])}"
+
+
+def artifact_task(kind: str) -> Callable:
+    return task(name=kind, cache_key_fn=_cache_key, persist_result=True, result_serializer="json")
+
+
+def _materialize(kind: str, params: dict[str, Any], build: Callable[[Path, str], Record]) -> Record:
+    """The artifact's record: from the store when complete, else built and published atomically."""
+    store = Store(params["store"])
+    fp = step_fingerprint(kind, params)
+    record = store.marker(kind, fp)
+    if reusable(record):
+        return record
+    return store.publish(kind, fp, lambda out: {"fp": fp, **build(out, fp)})
+
+
+@artifact_task("clean")
+def prepare_corpus(
+    store: str,
+    source: str,
+    text_field: str,
+    hf_split: str,
+    max_documents: int | None,
+    normalization: str,
+    min_chars: int,
+    val_fraction: float,
+    source_version: str,
+) -> Record:
+    """Read, normalise, filter, de-duplicate and split the corpus into docs.parquet."""
+    params = dict(locals())
+
+    def build(out: Path, fp: str) -> Record:
+        texts = corpus.read_documents(source, text_field, hf_split, max_documents)
+        cleaned = corpus.clean_corpus(texts, normalization, min_chars, val_fraction)
+        rows = [{**vars(d), "n_bytes": len(d.text.encode())} for d in cleaned.documents]
+        schemas.write_parquet(rows, schemas.DOCS, out / "docs.parquet")
+        schemas.write_parquet(cleaned.stats, schemas.CORPUS_STATS, out / "stats.parquet")
+        by_stage = {row["stage"]: row for row in cleaned.stats}
+        get_run_logger().info(
+            "corpus: %s", "; ".join(f"{r['stage']} {r['reason']} {r['documents']}" for r in cleaned.stats)
+        )
+        return {
+            f"{split}_{unit}": by_stage[split][unit]
+            for split in ("train", "val")
+            for unit in ("documents", "bytes")
+        }
+
+    return _materialize("clean", params, build)
+
+
+def _texts(store: Store, corpus_fp: str, split: str) -> list[str]:
+    table = pq.read_table(store.path("clean", corpus_fp) / "docs.parquet", filters=[("split", "=", split)])
+    return table.column("text").to_pylist()
+
+
+@artifact_task("vocab")
+def build_vocab(store: str, corpus_fp: str, vocab_size: int) -> Record:
+    """Byte-level BPE trained on the training split; loadable by PreTrainedTokenizerFast."""
+    params = dict(locals())
+
+    def build(out: Path, fp: str) -> Record:
+        tokenizer = tokens.train_tokenizer(_texts(Store(store), corpus_fp, "train"), vocab_size)
+        tokens.save_tokenizer(tokenizer, out)
+        return {"vocab_size": tokenizer.get_vocab_size()}
+
+    return _materialize("vocab", params, build)
+
+
+@artifact_task("tokens")
+def tokenize(store: str, corpus_fp: str, vocab_fp: str) -> Record:
+    """Both splits as flat token-id streams (train.parquet, val.parquet)."""
+    params = dict(locals())
+
+    def build(out: Path, fp: str) -> Record:
+        tokenizer = tokens.load_tokenizer(Store(store).path("vocab", vocab_fp))
+        counts = {}
+        for split in ("train", "val"):
+            stream = tokens.encode_documents(tokenizer, _texts(Store(store), corpus_fp, split))
+            table = pa.table({"token_id": pa.array(stream, type=pa.uint16())})
+            schemas.write_parquet(table, schemas.TOKENS, out / f"{split}.parquet")
+            counts[f"{split}_tokens"] = len(stream)
+        return counts
+
+    return _materialize("tokens", params, build)
+
+
+def load_stream(store: Store, tokens_fp: str, split: str) -> np.ndarray:
+    """A split's token ids as a read-only numpy view of the memory-mapped Parquet column."""
+    column = schemas.read_parquet(store.path("tokens", tokens_fp) / f"{split}.parquet").column("token_id")
+    return column.chunk(0).to_numpy(zero_copy_only=True) if column.num_chunks == 1 else column.to_numpy()
+
+
+def plan_from_dict(plan: dict[str, Any]) -> CellPlan:
+    return CellPlan(**{**plan, "shape": ModelShape(**plan["shape"])})
+
+
+SUMMARY_COLUMNS = (
+    "cell_id",
+    "status",
+    "error",
+    "params_nonembedding",
+    "tokens_seen",
+    "val_loss_nats",
+    "train_seconds",
+)
+
+
+@artifact_task("cells")
+def train_grid_cell(store: str, tokens_fp: str, vocab_fp: str, plan: dict[str, Any], threads: int) -> Record:
+    """Train, evaluate and save one grid cell; a failure is recorded in the cell, not raised."""
+    params = dict(locals())
+    cell_plan = plan_from_dict(plan)
+    logger = get_run_logger()
+
+    def build(out: Path, cell_id: str) -> Record:
+        import torch  # imported by the worker that trains, not by the flow's process
+
+        torch.set_num_threads(threads)
+        try:
+            row, curve = _train(Store(store), tokens_fp, vocab_fp, cell_plan, out / "model")
+        except Exception as error:  # one cell's failure is recorded and must not stop the sweep
+            logger.exception("cell %s failed", cell_id)
+            row, curve = (
+                plan_columns(cell_plan) | {"status": "failed", "error": f"{type(error).__name__}: {error}"},
+                [],
+            )
+        row |= {"cell_id": cell_id, "data_fp": tokens_fp, "finished_at": datetime.now(UTC)}
+        schemas.write_parquet([row], schemas.RUNS, out / "result.parquet")
+        curve_rows = [{"cell_id": cell_id, **point} for point in curve]
+        schemas.write_parquet(curve_rows, schemas.CURVES, out / "curve.parquet")
+        logger.info("cell %s %s: val loss %s nats/token", cell_id, row["status"], row.get("val_loss_nats"))
+        return {key: row.get(key) for key in SUMMARY_COLUMNS}
+
+    return _materialize("cells", params, build)
+
+
+def _train(store: Store, tokens_fp: str, vocab_fp: str, plan: CellPlan, model_dir: Path) -> tuple[dict, list]:
+    from tasks.train import generate_sample, train_cell
+
+    vocab_dir = store.path("vocab", vocab_fp)
+    tokenizer = tokens.load_tokenizer(vocab_dir)
+    outcome = train_cell(
+        plan,
+        load_stream(store, tokens_fp, "train"),
+        load_stream(store, tokens_fp, "val"),
+        tokens.token_byte_lengths(tokenizer),
+        model_dir,
+    )
+    if outcome.row["status"] == "ok":
+        tokens.save_tokenizer(tokenizer, model_dir)
+        outcome.row["sample"] = generate_sample(model_dir, plan.sample_prompt, plan.sample_tokens)
+    return outcome.row, outcome.curve
+
+
+def cell_rows(store: Store, cell_ids: list[str]) -> list[dict]:
+    """The `runs` rows of the given cells."""
+    return [schemas.read_parquet(store.path("cells", c) / "result.parquet").to_pylist()[0] for c in cell_ids]
+
+
+@task(name="record-sweep", persist_result=False)
+def record_sweep(store: str, sweep_id: str, sweep_name: str, cell_ids: list[str]) -> str:
+    """The sweep's membership (which cells it holds), for the `sweeps` view."""
+    rows = [{"sweep_id": sweep_id, "sweep_name": sweep_name, "cell_id": c} for c in cell_ids]
+
+    def build(out: Path) -> Record:
+        schemas.write_parquet(rows, schemas.SWEEPS, out / "cells.parquet")
+        return {"sweep_name": sweep_name, "cells": len(rows)}
+
+    Store(store).publish("sweeps", sweep_id, build)
+    return sweep_id
+
+
+@artifact_task("fits")
+def fit_laws(store: str, cell_ids: list[str], params_kind: str, compute_kind: str) -> Record:
+    """Every law form fitted to the sweep's finished cells, into fits.parquet."""
+    params = dict(locals())
+
+    def build(out: Path, fp: str) -> Record:
+        points = fits.points_from_runs(cell_rows(Store(store), cell_ids), params_kind, compute_kind)
+        sweep = fits.fit_sweep(points)
+        schemas.write_parquet(fits.fit_rows(fp, sweep), schemas.FITS, out / "fits.parquet")
+        laws_text = {f.form: fits.law_text(f) for f in sweep.fits}
+        return {"laws": laws_text, "skipped": sweep.skipped, "excluded": points.excluded}
+
+    return _materialize("fits", params, build)
+
+
+@artifact_task("reports")
+def write_report(store: str, sweep_name: str, cell_ids: list[str], fits_fp: str) -> Record:
+    """The Markdown report with its plots, rendered from the stored runs and fits."""
+    params = dict(locals())
+
+    def build(out: Path, fp: str) -> Record:
+        rows = cell_rows(Store(store), cell_ids)
+        fits_dir = Store(store).path("fits", fits_fp)
+        stored = fits.load_sweep_fits(rows, schemas.read_parquet(fits_dir / "fits.parquet").to_pylist())
+        markdown = report.render_report(sweep_name, stored, rows, out)
+        (out / "report.md").write_text(markdown)
+        return {"path": str(Store(store).path("reports", fp) / "report.md"), "markdown": markdown}
+
+    return _materialize("reports", params, build)

@@ -1,0 +1,178 @@
+"""Training and evaluating one grid cell: data order, schedule, loop, held-out metrics, sample."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tasks.cell import CellPlan, lr_multiplier, plan_columns
+from tasks.model import build_model, count_params, training_flops_per_token
+
+DIVERGENCE_FACTOR = 2.0  # a loss above this times the uniform-guess loss counts as exploding
+
+
+def windows(stream: np.ndarray, context: int) -> np.ndarray:
+    """A zero-copy (n, context + 1) view of consecutive windows that overlap by one token."""
+    count = (len(stream) - 1) // context
+    if count < 1:
+        raise ValueError(f"a token stream of {len(stream)} tokens is shorter than one context window")
+    step = stream.strides[0]
+    return np.lib.stride_tricks.as_strided(
+        stream, (count, context + 1), (context * step, step), writeable=False
+    )
+
+
+def sequence_order(n_windows: int, n_needed: int, seed: int) -> np.ndarray:
+    """Window indices for the whole run: seeded permutations, one per epoch, as many as needed."""
+    rng = np.random.default_rng(seed)
+    epochs = math.ceil(n_needed / n_windows)
+    return np.concatenate([rng.permutation(n_windows) for _ in range(epochs)])[:n_needed]
+
+
+@dataclass(frozen=True)
+class CellOutcome:
+    row: dict
+    curve: list[dict]
+
+
+def train_cell(
+    plan: CellPlan, train_stream: np.ndarray, val_stream: np.ndarray, token_bytes: np.ndarray, model_dir: Path
+) -> CellOutcome:
+    """Train, evaluate and save one cell; a diverged run is reported, not raised."""
+    model = build_model(plan.shape, plan.vocab_size, plan.context, plan.seed)
+    train_windows = windows(train_stream, plan.context)
+    order = sequence_order(len(train_windows), plan.steps * plan.batch_size, plan.seed)
+    optimizer = _optimizer(model, plan)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_multiplier(s, plan.steps, plan.warmup_steps, plan.min_lr_ratio)
+    )
+    explode_at = DIVERGENCE_FACTOR * math.log(plan.vocab_size)
+    curve_every = max(1, plan.steps // 50)
+    curve, interval_losses, diverged_step = [], [], None
+    model.train()
+    started = time.perf_counter()
+    for step in range(plan.steps):
+        batch = torch.from_numpy(train_windows[order[step * plan.batch_size : (step + 1) * plan.batch_size]])
+        batch = batch.long()
+        loss = _next_token_loss(model, batch)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value) or loss_value > explode_at:
+            diverged_step = step
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), plan.grad_clip)
+        optimizer.step()
+        schedule.step()
+        interval_losses.append(loss_value)
+        if (step + 1) % curve_every == 0 or step + 1 == plan.steps:
+            curve.append(_curve_point(plan, step, interval_losses, schedule.get_last_lr()[0]))
+            interval_losses = []
+    train_seconds = time.perf_counter() - started
+    steps_done = plan.steps if diverged_step is None else diverged_step
+    row = _result_row(plan, model, train_stream, steps_done, train_seconds, curve)
+    if diverged_step is not None:
+        error = f"loss {loss_value:.4g} at step {diverged_step}"
+        row |= {"status": "diverged", "diverged_step": diverged_step, "error": error}
+        return CellOutcome(row, curve)
+    row |= evaluate(model, val_stream, token_bytes, plan.context, plan.val_tokens)
+    model.save_pretrained(model_dir)
+    return CellOutcome(row, curve)
+
+
+def _optimizer(model: torch.nn.Module, plan: CellPlan) -> torch.optim.AdamW:
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    vectors = [p for p in model.parameters() if p.dim() < 2]
+    groups = [
+        {"params": matrices, "weight_decay": plan.weight_decay},
+        {"params": vectors, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=plan.lr, betas=(plan.beta1, plan.beta2))
+
+
+def _next_token_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=batch[:, :-1], use_cache=False).logits
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
+
+
+def _curve_point(plan: CellPlan, step: int, losses: list[float], lr: float) -> dict:
+    return {
+        "step": step + 1,
+        "tokens_seen": (step + 1) * plan.batch_size * plan.context,
+        "train_loss_nats": float(np.mean(losses)),
+        "lr": lr,
+    }
+
+
+def _result_row(
+    plan: CellPlan, model: torch.nn.Module, train_stream: np.ndarray, steps: int, seconds: float, curve: list
+) -> dict:
+    params_nonembedding, params_total = count_params(model)
+    tokens_seen = steps * plan.batch_size * plan.context
+    flops = training_flops_per_token(plan.shape, plan.vocab_size, plan.context)
+    return plan_columns(plan) | {
+        "status": "ok",
+        "error": None,
+        "diverged_step": None,
+        "params_nonembedding": params_nonembedding,
+        "params_total": params_total,
+        "tokens_seen": tokens_seen,
+        "steps": steps,
+        "epochs": tokens_seen / len(train_stream),
+        "compute_6nd": flops["6nd"] * tokens_seen,
+        "compute_with_attention": flops["with_attention"] * tokens_seen,
+        "train_loss_nats": curve[-1]["train_loss_nats"] if curve else None,
+        "train_seconds": seconds,
+        "tokens_per_second": tokens_seen / seconds if seconds > 0 else None,
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, val_stream: np.ndarray, token_bytes: np.ndarray, context: int, val_tokens: int
+) -> dict:
+    """Held-out loss over fixed windows (the same for every cell), with its standard error."""
+    model.eval()
+    val_windows = windows(val_stream, context)[: max(1, val_tokens // context)]
+    window_nats = []
+    for start in range(0, len(val_windows), 16):
+        batch = torch.from_numpy(val_windows[start : start + 16]).long()
+        logits = model(input_ids=batch[:, :-1], use_cache=False).logits
+        nats = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
+        window_nats.append(nats.sum(dim=1).double().numpy())
+    nats_per_window = np.concatenate(window_nats)
+    n_tokens = len(val_windows) * context
+    loss = float(nats_per_window.sum() / n_tokens)
+    stderr = (
+        float(np.std(nats_per_window / context, ddof=1) / math.sqrt(len(nats_per_window)))
+        if len(nats_per_window) > 1
+        else float("nan")
+    )
+    target_bytes = int(token_bytes[val_windows[:, 1:]].sum())
+    return {
+        "val_loss_nats": loss,
+        "val_loss_stderr": stderr,
+        "val_perplexity": math.exp(loss),
+        "val_bits_per_byte": float(nats_per_window.sum() / math.log(2) / max(target_bytes, 1)),
+        "val_tokens": n_tokens,
+    }
+
+
+@torch.no_grad()
+def generate_sample(model_dir: Path, prompt: str, max_new_tokens: int) -> str:
+    """Greedy continuation of `prompt` by the saved model, loaded the way a user would load it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if max_new_tokens == 0:
+        return ""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    inputs = tokenizer(prompt, return_tensors="pt")
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0)
+    return tokenizer.decode(output[0], skip_special_tokens=True)
