@@ -15,6 +15,7 @@ from rich.table import Table
 
 from flows.spec import PRESETS, SpecError, SweepSpec, load_spec
 from storage.store import DEFAULT_STORE, Store, StoreError
+from tasks.corpus import source_version
 from tasks.errors import InputError
 
 USER_ERRORS = (InputError, SpecError, StoreError)
@@ -27,7 +28,7 @@ errors = Console(stderr=True)
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _quiet_prefect(args.verbose)
+    _configure_prefect(args.verbose)
     try:
         return args.command(args)
     except USER_ERRORS as error:
@@ -95,9 +96,11 @@ def _spec_from(args: argparse.Namespace, **execution: object) -> SweepSpec:
     return validate_spec(data)
 
 
-def _quiet_prefect(verbose: bool) -> None:
-    """Prefect's console handler prints every task log and traceback; the CLI prints its own progress."""
+def _configure_prefect(verbose: bool) -> None:
+    """Offline-friendly defaults; Prefect's console handler prints every task log and traceback,
+    so unless --verbose the CLI prints its own progress instead."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
@@ -105,6 +108,7 @@ def _quiet_prefect(verbose: bool) -> None:
 def _run(args: argparse.Namespace) -> int:
     spec = _spec_from(args, workers=args.workers)
     Store(spec.execution.store)  # a store path that is a file fails here, before any work
+    source_version(spec.corpus.source)  # so does a missing corpus path
     from flows import progress
     from flows.sweep import CellsFailed, scaling_sweep
 

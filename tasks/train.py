@@ -58,8 +58,8 @@ def train_cell(
     model.train()
     started = time.perf_counter()
     for step in range(plan.steps):
-        batch = torch.from_numpy(train_windows[order[step * plan.batch_size : (step + 1) * plan.batch_size]])
-        batch = batch.long()
+        rows = order[step * plan.batch_size : (step + 1) * plan.batch_size]
+        batch = torch.from_numpy(train_windows[rows].astype(np.int64))
         loss = _next_token_loss(model, batch)
         loss_value = loss.item()
         if not math.isfinite(loss_value) or loss_value > explode_at:
@@ -142,7 +142,7 @@ def evaluate(
     val_windows = windows(val_stream, context)[: max(1, val_tokens // context)]
     window_nats = []
     for start in range(0, len(val_windows), 16):
-        batch = torch.from_numpy(val_windows[start : start + 16]).long()
+        batch = torch.from_numpy(val_windows[start : start + 16].astype(np.int64))
         logits = model(input_ids=batch[:, :-1], use_cache=False).logits
         nats = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
         window_nats.append(nats.sum(dim=1).double().numpy())

@@ -1,0 +1,117 @@
+"""The smoke sweep end to end through the real CLI: Prefect's temporary server, worker processes,
+real training, Parquet read back through DuckDB, and resume from the store."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+from conftest import run_cli
+
+from storage.catalog import open_catalog
+from storage.store import Store
+
+SMOKE_CELLS = 9
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    home = tmp_path_factory.mktemp("smoke")
+    store = home / "store"
+    started = time.perf_counter()
+    result = run_cli(["run", "--preset", "smoke", "--store", str(store)], home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {"home": home, "store": store, "seconds": time.perf_counter() - started, "output": result.stdout}
+
+
+def finished_at(store) -> dict[str, object]:
+    rows = open_catalog(Store(store)).execute("select cell_id, finished_at from runs").fetchall()
+    return dict(rows)
+
+
+def test_every_cell_is_ok_in_the_runs_table(smoke):
+    result = run_cli(
+        [
+            "query",
+            "--store",
+            str(smoke["store"]),
+            "--format",
+            "json",
+            "select count(*) as n from runs where status = 'ok'",
+        ],
+        smoke["home"],
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [{"n": SMOKE_CELLS}]
+    print(f"smoke sweep, first run: {smoke['seconds']:.1f} s")
+
+
+def test_runs_hold_sizes_losses_and_timings(smoke):
+    con = open_catalog(Store(smoke["store"]))
+    rows = con.execute(
+        "select params_nonembedding, params_total, tokens_seen, compute_6nd, val_loss_nats,"
+        " val_bits_per_byte, val_perplexity, tokens_per_second, epochs from runs"
+    ).fetchall()
+    assert len(rows) == SMOKE_CELLS
+    for n, n_total, d, c, loss, bpb, ppl, tps, epochs in rows:
+        assert n_total > n > 0 and c == pytest.approx(6 * n * d)
+        assert 0 < loss < 7 and 0 < bpb < 5 and ppl > 1 and tps > 0 and epochs <= 1
+    assert con.execute("select count(distinct cell_id) from curves").fetchone()[0] == SMOKE_CELLS
+    forms = {
+        r[0] for r in con.execute("select distinct form from fits where parameter is not null").fetchall()
+    }
+    assert {"chinchilla", "multiplicative_reduced"} <= forms
+    assert con.execute("select count(*) from sweeps where sweep_name = 'smoke'").fetchone()[0] == SMOKE_CELLS
+
+
+def test_the_cli_prints_the_fitted_law_and_the_report_exists(smoke):
+    assert "chinchilla" in smoke["output"] and "L(N, D) =" in smoke["output"]
+    (report,) = Store(smoke["store"]).root.glob("reports/*/report.md")
+    assert "## Fitted laws" in report.read_text()
+    assert all(
+        (report.parent / name).stat().st_size > 1000 for name in ("loss_vs_N.png", "compute_optimal.png")
+    )
+
+
+def test_any_cell_loads_with_from_pretrained_and_generates(smoke):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = next(Store(smoke["store"]).root.glob("cells/*/model"))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    output = model.generate(
+        **tokenizer("Fellow citizens", return_tensors="pt"), max_new_tokens=4, do_sample=False
+    )
+    assert output.shape[1] > 2
+
+
+def test_a_second_run_trains_nothing_and_is_much_faster(smoke):
+    before = finished_at(smoke["store"])
+    started = time.perf_counter()
+    result = run_cli(["-v", "run", "--preset", "smoke", "--store", str(smoke["store"])], smoke["home"])
+    seconds = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr
+    assert f"{SMOKE_CELLS} cells complete, 0 to train" in result.stderr
+    assert result.stderr.count("Cached(type=COMPLETED)") >= SMOKE_CELLS
+    assert finished_at(smoke["store"]) == before
+    print(f"smoke sweep, second run: {seconds:.1f} s against {smoke['seconds']:.1f} s")
+    assert seconds < 0.6 * smoke["seconds"]
+
+
+def test_a_deleted_cell_is_trained_again_instead_of_returned_from_the_cache(smoke):
+    before = finished_at(smoke["store"])
+    victim = sorted(before)[0]
+    shutil.rmtree(Store(smoke["store"]).path("cells", victim))
+    result = run_cli(["run", "--preset", "smoke", "--store", str(smoke["store"])], smoke["home"])
+    assert result.returncode == 0, result.stderr
+    after = finished_at(smoke["store"])
+    assert set(after) == set(before)
+    assert [c for c in before if after[c] != before[c]] == [victim]
+
+
+def test_status_shows_the_grid_done(smoke):
+    result = run_cli(["status", "--preset", "smoke", "--store", str(smoke["store"])], smoke["home"])
+    assert result.returncode == 0, result.stderr
+    assert f"{SMOKE_CELLS} of {SMOKE_CELLS} cells done" in result.stdout

@@ -1,0 +1,146 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_documents
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+from tasks import tokens
+from tasks.cell import CellPlan, batch_size_for, lr_multiplier
+from tasks.model import ModelShape, build_model, count_params, shape_for_params
+from tasks.train import evaluate, generate_sample, sequence_order, train_cell, windows
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tokens.train_tokenizer(make_documents(60), vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def streams(tokenizer):
+    docs = make_documents(60, seed=1)
+    return tokens.encode_documents(tokenizer, docs[:50]), tokens.encode_documents(tokenizer, docs[50:])
+
+
+def tiny_plan(**changes) -> CellPlan:
+    plan = dict(
+        shape=ModelShape(16, 1),
+        params_target=3000,
+        vocab_size=300,
+        context=32,
+        tokens_target=8192,
+        batch_size=8,
+        seed=0,
+        lr=3e-3,
+        warmup_fraction=0.1,
+        min_lr_ratio=0.1,
+        weight_decay=0.1,
+        beta1=0.9,
+        beta2=0.95,
+        grad_clip=1.0,
+        val_tokens=1024,
+        sample_prompt="The nation",
+        sample_tokens=5,
+    )
+    return CellPlan(**(plan | changes))
+
+
+def test_tokenizer_loads_in_transformers_and_round_trips(tokenizer, tmp_path):
+    tokens.save_tokenizer(tokenizer, tmp_path)
+    loaded = PreTrainedTokenizerFast.from_pretrained(tmp_path)
+    text = "The nation and the people."
+    assert loaded.decode(loaded(text)["input_ids"]) == text
+    assert loaded.eos_token_id == tokens.END_OF_TEXT_ID
+
+
+def test_byte_lengths_add_up_to_the_utf8_size(tokenizer):
+    text = "Peace — and justice, ünïcode."
+    ids = tokenizer.encode(text).ids
+    assert tokens.token_byte_lengths(tokenizer)[ids].sum() == len(text.encode())
+
+
+def test_vocabulary_larger_than_the_corpus_can_fill_is_refused():
+    with pytest.raises(ValueError, match="vocab.size: the corpus fills only"):
+        tokens.train_tokenizer(["tiny corpus"], vocab_size=5000)
+
+
+def test_shape_rule_hits_targets_and_counts_match_the_built_model():
+    for target in (3_000, 25_000, 400_000, 1_000_000):
+        shape = shape_for_params(target)
+        assert abs(math.log(shape.params_nonembedding() / target)) < 0.25
+        model = build_model(shape, vocab_size=512, context=64, seed=0)
+        assert count_params(model) == (shape.params_nonembedding(), shape.params_total(512))
+
+
+def test_heads_must_divide_d_model():
+    with pytest.raises(ValueError, match="does not divide d_model"):
+        ModelShape(d_model=48, n_layers=2, n_heads=5)
+
+
+def test_schedule_warms_up_then_decays_to_the_floor_on_the_last_step():
+    total, warmup = 100, 10
+    values = [lr_multiplier(s, total, warmup, 0.1) for s in range(total)]
+    assert values[0] == pytest.approx(0.1) and values[warmup - 1] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(values[warmup:], values[warmup + 1 :], strict=False))
+    assert values[-1] == pytest.approx(0.1)
+
+
+def test_small_budgets_get_smaller_batches_to_keep_enough_steps():
+    assert batch_size_for(8192, 64, 16, 16) == 8
+    assert batch_size_for(10**7, 64, 16, 16) == 16
+    assert batch_size_for(100, 64, 16, 16) == 1
+
+
+def test_windows_are_a_zero_copy_view():
+    stream = np.arange(100, dtype=np.uint16)
+    view = windows(stream, 10)
+    assert view.shape == (9, 11) and np.shares_memory(view, stream)
+    assert list(view[1][:3]) == [10, 11, 12]
+
+
+def test_data_order_is_fixed_by_the_seed_and_covers_epochs():
+    assert np.array_equal(sequence_order(10, 25, 3), sequence_order(10, 25, 3))
+    order = sequence_order(10, 20, 3)
+    assert sorted(order[:10]) == list(range(10)) and sorted(order[10:]) == list(range(10))
+
+
+def test_training_is_deterministic_and_saved_model_generates(streams, tokenizer, tmp_path):
+    train, val = streams
+    token_bytes = tokens.token_byte_lengths(tokenizer)
+    torch.set_num_threads(1)
+    first = train_cell(tiny_plan(), train, val, token_bytes, tmp_path / "a")
+    second = train_cell(tiny_plan(), train, val, token_bytes, tmp_path / "b")
+    assert first.row["status"] == "ok"
+    assert first.row["val_loss_nats"] == second.row["val_loss_nats"]
+    assert [p["train_loss_nats"] for p in first.curve] == [p["train_loss_nats"] for p in second.curve]
+    assert first.curve[-1]["train_loss_nats"] < first.curve[0]["train_loss_nats"]
+    assert first.row["val_loss_nats"] < math.log(300)
+    assert first.row["tokens_seen"] == first.row["steps"] * 8 * 32
+    other_seed = train_cell(tiny_plan(seed=1), train, val, token_bytes, tmp_path / "c")
+    assert other_seed.row["val_loss_nats"] != first.row["val_loss_nats"]
+
+    tokens.save_tokenizer(tokenizer, tmp_path / "a")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "a")
+    assert count_params(model)[0] == first.row["params_nonembedding"]
+    assert generate_sample(tmp_path / "a", "The nation", 5).startswith("The nation")
+
+
+def test_evaluation_reports_loss_stderr_and_bits_per_byte(streams, tokenizer):
+    train, val = streams
+    model = build_model(ModelShape(16, 1), 300, 32, seed=0)
+    metrics = evaluate(model, val, tokens.token_byte_lengths(tokenizer), 32, 1024)
+    assert metrics["val_tokens"] == 1024
+    assert metrics["val_loss_nats"] == pytest.approx(math.log(300), rel=0.05)  # untrained: near uniform
+    assert 0 < metrics["val_loss_stderr"] < 0.1
+    assert metrics["val_perplexity"] == pytest.approx(math.exp(metrics["val_loss_nats"]))
+    assert metrics["val_bits_per_byte"] > 0
+
+
+def test_exploding_loss_is_reported_as_diverged(streams, tokenizer, tmp_path):
+    train, val = streams
+    outcome = train_cell(
+        tiny_plan(lr=0.9, warmup_fraction=0.0), train, val, tokens.token_byte_lengths(tokenizer), tmp_path
+    )
+    assert outcome.row["status"] == "diverged"
+    assert outcome.row["diverged_step"] is not None and "at step" in outcome.row["error"]
