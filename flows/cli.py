@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +28,8 @@ errors = Console(stderr=True)
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM becomes SystemExit, so the temporary Prefect server and worker processes are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     args = _parser().parse_args(argv)
     _configure_prefect(args.verbose)
     try:
@@ -73,6 +76,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_spec_options(status)
     status.set_defaults(command=_status)
+
+    fit = commands.add_parser(
+        "fit",
+        help="fit laws to a stored sweep (--store) or to anyone's runs in a CSV (--csv)",
+        description="Re-fit a stored sweep without training, or fit one law form to a CSV of runs "
+        "(one row per run: parameters, tokens, final loss).",
+    )
+    target = fit.add_mutually_exclusive_group()
+    target.add_argument("--store", help=f"re-fit the newest sweep in this store (default: {DEFAULT_STORE})")
+    target.add_argument("--csv", type=Path, help="a CSV file of runs")
+    fit.add_argument("--sweep", help="with --store: the sweep's name (default: the newest sweep)")
+    fit.add_argument("--params-kind", choices=["nonembedding", "total"], default="nonembedding")
+    fit.add_argument("--compute-kind", choices=["6nd", "with_attention"], default="6nd")
+    fit.add_argument("--form", default="chinchilla", help="with --csv: the law form (default: chinchilla)")
+    fit.add_argument("--params-col", default="params", help="with --csv: column of N (default: params)")
+    fit.add_argument("--tokens-col", default="tokens", help="with --csv: column of D (default: tokens)")
+    fit.add_argument("--loss-col", default="loss", help="with --csv: column of the loss (default: loss)")
+    fit.add_argument("--flops-col", help="with --csv: column of compute C; tokens are then C / (6 N)")
+    fit.add_argument("--bootstrap", type=int, default=0, help="with --csv: resamples for the intervals")
+    fit.add_argument("--format", choices=["table", "json"], default="table", help="output format")
+    fit.set_defaults(command=_fit)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve the deployments (sweep, refit, nightly resume) with a Prefect UI on 127.0.0.1",
+        description="Start a Prefect server bound to the loopback address (unless PREFECT_API_URL points at "
+        "one), register the project's deployments and serve them until Ctrl-C.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address the server binds (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port of the server (default: a free one)")
+    serve.set_defaults(command=_serve)
     return parser
 
 
@@ -163,6 +197,92 @@ def _status(args: argparse.Namespace) -> int:
         if cell.error:
             console.print(f"  {cell.cell_id}: {cell.state}: {cell.error}", highlight=False)
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from deployments.serve import serve_project
+
+    serve_project(args.host, args.port)
+    return 0
+
+
+def _fit(args: argparse.Namespace) -> int:
+    if args.csv is not None:
+        return _fit_csv(args)
+    from flows.refit import refit_sweep
+
+    store = Store(args.store or DEFAULT_STORE)
+    if not store.root.is_dir():
+        raise StoreError(f"store: {store.root} does not exist; run a sweep first or pass --store.")
+    summary = refit_sweep(str(store.root), args.sweep, args.params_kind, args.compute_kind)
+    if args.format == "json":
+        print(json.dumps(summary["fits"], indent=1, default=str))
+    else:
+        _print_laws(summary["fits"])
+        console.print(f"report: {summary['report']}")
+    return 0
+
+
+def _fit_csv(args: argparse.Namespace) -> int:
+    from tasks import laws
+
+    N, D, loss = _read_runs_csv(args)
+    if args.form not in laws.FORMS:
+        raise InputError(f"--form: unknown form {args.form!r}; choose one of {', '.join(laws.FORMS)}.")
+    options = {"bootstrap": args.bootstrap} if args.bootstrap else {}
+    try:
+        result = laws.fit(args.form, N, D, loss, **options)
+    except (ValueError, TypeError) as error:
+        raise InputError(f"fit: {error}") from None
+    if args.format == "json":
+        print(json.dumps(laws.result_to_dict(result), indent=1))
+        return 0
+    from tasks.fits import law_text
+
+    console.print(law_text(result), highlight=False)
+    table = Table()
+    for column in ("parameter", "estimate", "stderr", "95% interval"):
+        table.add_column(column, justify="right")
+    for name, value in result.params.items():
+        interval = (
+            f"{result.ci_low.get(name, float('nan')):.4g} .. {result.ci_high.get(name, float('nan')):.4g}"
+        )
+        table.add_row(name, f"{value:.6g}", f"{result.stderr.get(name, float('nan')):.3g}", interval)
+    console.print(table)
+    console.print(
+        f"objective {result.objective:.6g} over {result.n_points} runs; converged: {result.converged}"
+    )
+    if result.note:
+        console.print(result.note, highlight=False)
+    return 0
+
+
+def _read_runs_csv(args: argparse.Namespace) -> tuple:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv
+
+    try:
+        table = pyarrow.csv.read_csv(args.csv)
+    except FileNotFoundError:
+        raise InputError(f"--csv: {args.csv} does not exist; pass an existing CSV file.") from None
+    except pa.ArrowInvalid as error:
+        raise InputError(f"--csv: {args.csv} is not a readable CSV ({error}); fix the file.") from None
+    wanted = {"--params-col": args.params_col, "--loss-col": args.loss_col}
+    wanted |= {"--flops-col": args.flops_col} if args.flops_col else {"--tokens-col": args.tokens_col}
+    missing = [f"{option} {name!r}" for option, name in wanted.items() if name not in table.column_names]
+    if missing:
+        raise InputError(
+            f"--csv: {args.csv} has no column {', '.join(missing)} (it has {', '.join(table.column_names)}); "
+            "name the right columns with those options."
+        )
+    try:
+        columns = {name: table.column(name).to_numpy().astype(float) for name in wanted.values()}
+    except (ValueError, pa.ArrowInvalid):
+        raise InputError(f"--csv: columns {', '.join(wanted.values())} must hold numbers only.") from None
+    N, loss = columns[args.params_col], columns[args.loss_col]
+    D = columns[args.flops_col] / (6 * N) if args.flops_col else columns[args.tokens_col]
+    return N, np.asarray(D), loss
 
 
 def _query(args: argparse.Namespace) -> int:

@@ -40,7 +40,9 @@ def cell_plans(spec: SweepSpec, vocab_size: int, train_tokens: int, val_tokens: 
                             tokens_target, context, spec.train.batch_size, spec.train.min_steps
                         ),
                         seed=seed,
-                        lr=spec.train.lr,
+                        lr=spec.train.lr_by_size.get(size, spec.train.lr)
+                        if isinstance(size, int)
+                        else spec.train.lr,
                         warmup_fraction=spec.train.warmup_fraction,
                         min_lr_ratio=spec.train.min_lr_ratio,
                         weight_decay=spec.train.weight_decay,
@@ -81,11 +83,11 @@ def tokens_params(store: str, corpus_fp: str, vocab_fp: str) -> dict:
 
 
 def cell_params(spec: SweepSpec, store: str, tokens_fp: str, vocab_fp: str, plan: CellPlan) -> dict:
-    threads = spec.execution.threads_per_worker
     return {
         "store": store,
         "tokens_fp": tokens_fp,
         "vocab_fp": vocab_fp,
         "plan": asdict(plan),
-        "threads": threads,
+        "threads": spec.execution.threads_per_worker,
+        "checkpoint_seconds": spec.execution.checkpoint_seconds,
     }

@@ -61,6 +61,9 @@ class TrainSpec(_Strict):
         50, description="Cells with little data use smaller batches so they take at least this many steps."
     )
     lr: Annotated[float, Field(gt=0, lt=1)] = 3e-3
+    lr_by_size: dict[int, Annotated[float, Field(gt=0)]] = Field(
+        {}, description="Learning rate for particular grid.model_sizes targets (N), overriding lr."
+    )
     warmup_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.05
     min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = Field(0.1, description="Cosine decays to lr * this.")
     weight_decay: Annotated[float, Field(ge=0)] = 0.1
@@ -92,6 +95,9 @@ class ExecutionSpec(_Strict):
         2, description="Cells trained at once, each in its own process."
     )
     threads_per_worker: Annotated[int, Field(ge=1, le=256)] = 1
+    checkpoint_seconds: Annotated[float, Field(gt=0)] = Field(
+        120.0, description="A training cell saves a checkpoint this often; a rerun continues from it."
+    )
 
 
 class SweepSpec(_Strict):
@@ -105,6 +111,16 @@ class SweepSpec(_Strict):
     eval: EvalSpec = EvalSpec()
     fit: FitSpec = FitSpec()
     execution: ExecutionSpec = ExecutionSpec()
+
+    @model_validator(mode="after")
+    def _lr_sizes_are_in_the_grid(self) -> SweepSpec:
+        unknown = set(self.train.lr_by_size) - {s for s in self.grid.model_sizes if isinstance(s, int)}
+        if unknown:
+            raise ValueError(
+                f"train.lr_by_size names sizes {sorted(unknown)} that are not in grid.model_sizes; "
+                "use the grid's target sizes as keys"
+            )
+        return self
 
     @model_validator(mode="after")
     def _grid_fits_context(self) -> SweepSpec:

@@ -73,25 +73,29 @@ def scaling_sweep(spec: SweepSpec = PRESETS["default"]) -> dict[str, Any]:
     sweep = steps.record_sweep(
         store, fingerprint("sweep", spec.model_dump(exclude={"execution"})), spec.name, cell_ids
     )
-    fits = run_step(
-        steps.fit_laws,
-        store=store,
-        cell_ids=cell_ids,
-        params_kind=spec.fit.params_kind,
-        compute_kind=spec.fit.compute_kind,
-    )
-    report = run_step(
-        steps.write_report, store=store, sweep_name=spec.name, cell_ids=cell_ids, fits_fp=fits["fp"]
-    )
-    create_markdown_artifact(
-        report["markdown"], key=f"report-{spec.name.lower()}", description="Scaling-law report"
-    )
+    fits, report = fit_and_report(store, spec.name, cell_ids, spec.fit.params_kind, spec.fit.compute_kind)
     failed = [cell for cell in cells if cell["status"] != "ok"]
     summary = {"sweep_id": sweep, "store": store, "cells": cells, "fits": fits, "report": report["path"]}
     if failed:
         names = ", ".join(f"{c['cell_id']} ({c['status']}: {c['error']})" for c in failed)
         raise CellsFailed(f"{len(failed)} of {len(cells)} cells did not finish: {names}")
     return summary
+
+
+def fit_and_report(
+    store: str, sweep_name: str, cell_ids: list[str], params_kind: str, compute_kind: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit every law form to the cells, render the report, and publish it as a Prefect artifact."""
+    fits = run_step(
+        steps.fit_laws, store=store, cell_ids=cell_ids, params_kind=params_kind, compute_kind=compute_kind
+    )
+    report = run_step(
+        steps.write_report, store=store, sweep_name=sweep_name, cell_ids=cell_ids, fits_fp=fits["fp"]
+    )
+    create_markdown_artifact(
+        report["markdown"], key=f"report-{sweep_name.lower()}", description="Scaling-law report"
+    )
+    return fits, report
 
 
 @flow(name="train-grid")

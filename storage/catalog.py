@@ -6,7 +6,7 @@ import duckdb
 import pyarrow as pa
 
 from storage import schemas
-from storage.store import Store
+from storage.store import Store, StoreError
 
 VIEWS: dict[str, tuple[str, pa.Schema]] = {
     "runs": ("cells/*/result.parquet", schemas.RUNS),
@@ -32,3 +32,14 @@ def open_catalog(store: Store) -> duckdb.DuckDBPyConnection:
 
 def _sql_quote(text: str) -> str:
     return text.replace("'", "''")
+
+
+def sweep_cells(store: Store, sweep_name: str | None = None) -> tuple[str, str, list[str]]:
+    """(sweep_id, sweep_name, cell_ids) of the newest recorded sweep, by name when given."""
+    recorded = sorted(store.root.glob(VIEWS["sweeps"][0]), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in recorded:
+        rows = schemas.read_parquet(path).to_pylist()
+        if rows and sweep_name in (None, rows[0]["sweep_name"]):
+            return rows[0]["sweep_id"], rows[0]["sweep_name"], [r["cell_id"] for r in rows]
+    wanted = f"named {sweep_name!r} " if sweep_name else ""
+    raise StoreError(f"store: {store.root} holds no sweep {wanted}yet; run one first or check --sweep.")

@@ -64,6 +64,7 @@ RUNS = pa.schema(
         ("val_bits_per_byte", pa.float64()),
         ("val_tokens", pa.int64()),
         ("sample", pa.string()),
+        ("resumed_from_step", pa.int64()),
         ("train_seconds", pa.float64()),
         ("tokens_per_second", pa.float64()),
         ("finished_at", pa.timestamp("s", tz="UTC")),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from tasks.model import ModelShape
 
@@ -75,3 +76,11 @@ def plan_columns(plan: CellPlan) -> dict:
         "lr": plan.lr,
         "warmup_steps": plan.warmup_steps,
     }
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """Where a cell keeps its checkpoint, and how often it rewrites it."""
+
+    path: Path
+    every_seconds: float

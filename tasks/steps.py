@@ -8,6 +8,7 @@ database; the flow asks Prefect to refresh the cache when the artifact is missin
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,12 +21,12 @@ from prefect import get_run_logger, task
 
 from storage import schemas
 from storage.store import Store, fingerprint
-from tasks import corpus, fits, report, tokens
-from tasks.cell import CellPlan, plan_columns
+from tasks import corpus, tokens
+from tasks.cell import CellPlan, Checkpoints, plan_columns
 from tasks.model import ModelShape
 
 CODE_VERSION = "2026.11.1"  # bump when a change alters any artifact's content
-NOT_IDENTITY = frozenset({"store", "threads"})  # parameters that do not change a result
+NOT_IDENTITY = frozenset({"store", "threads", "checkpoint_seconds"})  # parameters that do not change a result
 
 Record = dict[str, Any]
 
@@ -151,8 +152,13 @@ SUMMARY_COLUMNS = (
 
 
 @artifact_task("cells")
-def train_grid_cell(store: str, tokens_fp: str, vocab_fp: str, plan: dict[str, Any], threads: int) -> Record:
-    """Train, evaluate and save one grid cell; a failure is recorded in the cell, not raised."""
+def train_grid_cell(
+    store: str, tokens_fp: str, vocab_fp: str, plan: dict[str, Any], threads: int, checkpoint_seconds: float
+) -> Record:
+    """Train, evaluate and save one grid cell; a failure is recorded in the cell, not raised.
+
+    The cell checkpoints every `checkpoint_seconds` and a rerun continues from that checkpoint.
+    """
     params = dict(locals())
     cell_plan = plan_from_dict(plan)
     logger = get_run_logger()
@@ -162,7 +168,8 @@ def train_grid_cell(store: str, tokens_fp: str, vocab_fp: str, plan: dict[str, A
 
         torch.set_num_threads(threads)
         try:
-            row, curve = _train(Store(store), tokens_fp, vocab_fp, cell_plan, out / "model")
+            checkpoints = Checkpoints(_checkpoint_dir(store, cell_id) / "checkpoint.pt", checkpoint_seconds)
+            row, curve = _train(Store(store), tokens_fp, vocab_fp, cell_plan, out / "model", checkpoints)
         except Exception as error:  # one cell's failure is recorded and must not stop the sweep
             logger.exception("cell %s failed", cell_id)
             row, curve = (
@@ -176,10 +183,18 @@ def train_grid_cell(store: str, tokens_fp: str, vocab_fp: str, plan: dict[str, A
         logger.info("cell %s %s: val loss %s nats/token", cell_id, row["status"], row.get("val_loss_nats"))
         return {key: row.get(key) for key in SUMMARY_COLUMNS}
 
-    return _materialize("cells", params, build)
+    record = _materialize("cells", params, build)
+    shutil.rmtree(_checkpoint_dir(store, record["fp"]), ignore_errors=True)
+    return record
 
 
-def _train(store: Store, tokens_fp: str, vocab_fp: str, plan: CellPlan, model_dir: Path) -> tuple[dict, list]:
+def _checkpoint_dir(store: str, cell_id: str) -> Path:
+    return Store(store).scratch_dir(f"cells-{cell_id}")
+
+
+def _train(
+    store: Store, tokens_fp: str, vocab_fp: str, plan: CellPlan, model_dir: Path, checkpoints: Checkpoints
+) -> tuple[dict, list]:
     from tasks.train import generate_sample, train_cell
 
     vocab_dir = store.path("vocab", vocab_fp)
@@ -190,6 +205,7 @@ def _train(store: Store, tokens_fp: str, vocab_fp: str, plan: CellPlan, model_di
         load_stream(store, tokens_fp, "val"),
         tokens.token_byte_lengths(tokenizer),
         model_dir,
+        checkpoints,
     )
     if outcome.row["status"] == "ok":
         tokens.save_tokenizer(tokenizer, model_dir)
@@ -221,6 +237,8 @@ def fit_laws(store: str, cell_ids: list[str], params_kind: str, compute_kind: st
     params = dict(locals())
 
     def build(out: Path, fp: str) -> Record:
+        from tasks import fits  # scipy: imported where laws are fitted, not by every worker
+
         points = fits.points_from_runs(cell_rows(Store(store), cell_ids), params_kind, compute_kind)
         sweep = fits.fit_sweep(points)
         schemas.write_parquet(fits.fit_rows(fp, sweep), schemas.FITS, out / "fits.parquet")
@@ -236,6 +254,8 @@ def write_report(store: str, sweep_name: str, cell_ids: list[str], fits_fp: str)
     params = dict(locals())
 
     def build(out: Path, fp: str) -> Record:
+        from tasks import fits, report  # matplotlib and scipy, only where a report is drawn
+
         rows = cell_rows(Store(store), cell_ids)
         fits_dir = Store(store).path("fits", fits_fp)
         stored = fits.load_sweep_fits(rows, schemas.read_parquet(fits_dir / "fits.parquet").to_pylist())

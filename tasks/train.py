@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tasks.cell import CellPlan, lr_multiplier, plan_columns
+from tasks.cell import CellPlan, Checkpoints, lr_multiplier, plan_columns
 from tasks.model import build_model, count_params, training_flops_per_token
 
 DIVERGENCE_FACTOR = 2.0  # a loss above this times the uniform-guess loss counts as exploding
@@ -41,10 +42,28 @@ class CellOutcome:
     curve: list[dict]
 
 
+@dataclass
+class Progress:
+    """Where a run stands: what a checkpoint holds besides the model, optimizer and schedule."""
+
+    step: int = 0
+    curve: list[dict] = field(default_factory=list)
+    interval_losses: list[float] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+
 def train_cell(
-    plan: CellPlan, train_stream: np.ndarray, val_stream: np.ndarray, token_bytes: np.ndarray, model_dir: Path
+    plan: CellPlan,
+    train_stream: np.ndarray,
+    val_stream: np.ndarray,
+    token_bytes: np.ndarray,
+    model_dir: Path,
+    checkpoints: Checkpoints | None = None,
 ) -> CellOutcome:
-    """Train, evaluate and save one cell; a diverged run is reported, not raised."""
+    """Train (continuing from a checkpoint if there is one), evaluate and save one cell.
+
+    A diverged run is reported in the outcome, not raised.
+    """
     model = build_model(plan.shape, plan.vocab_size, plan.context, plan.seed)
     train_windows = windows(train_stream, plan.context)
     order = sequence_order(len(train_windows), plan.steps * plan.batch_size, plan.seed)
@@ -52,12 +71,14 @@ def train_cell(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s, plan.steps, plan.warmup_steps, plan.min_lr_ratio)
     )
+    progress = _resume(checkpoints, model, optimizer, schedule)
+    resumed_from_step = progress.step
     explode_at = DIVERGENCE_FACTOR * math.log(plan.vocab_size)
     curve_every = max(1, plan.steps // 50)
-    curve, interval_losses, diverged_step = [], [], None
+    diverged_step = None
     model.train()
-    started = time.perf_counter()
-    for step in range(plan.steps):
+    started = last_save = time.perf_counter()
+    for step in range(progress.step, plan.steps):
         rows = order[step * plan.batch_size : (step + 1) * plan.batch_size]
         batch = torch.from_numpy(train_windows[rows].astype(np.int64))
         loss = _next_token_loss(model, batch)
@@ -70,20 +91,56 @@ def train_cell(
         torch.nn.utils.clip_grad_norm_(model.parameters(), plan.grad_clip)
         optimizer.step()
         schedule.step()
-        interval_losses.append(loss_value)
+        progress.interval_losses.append(loss_value)
         if (step + 1) % curve_every == 0 or step + 1 == plan.steps:
-            curve.append(_curve_point(plan, step, interval_losses, schedule.get_last_lr()[0]))
-            interval_losses = []
-    train_seconds = time.perf_counter() - started
+            progress.curve.append(
+                _curve_point(plan, step, progress.interval_losses, schedule.get_last_lr()[0])
+            )
+            progress.interval_losses = []
+        if checkpoints and time.perf_counter() - last_save >= checkpoints.every_seconds:
+            progress.step = step + 1
+            progress.train_seconds += time.perf_counter() - started
+            started = last_save = time.perf_counter()
+            _save_checkpoint(checkpoints.path, model, optimizer, schedule, progress)
+    train_seconds = progress.train_seconds + time.perf_counter() - started
     steps_done = plan.steps if diverged_step is None else diverged_step
-    row = _result_row(plan, model, train_stream, steps_done, train_seconds, curve)
+    row = _result_row(plan, model, train_stream, steps_done, train_seconds, progress.curve)
+    row["resumed_from_step"] = resumed_from_step
     if diverged_step is not None:
         error = f"loss {loss_value:.4g} at step {diverged_step}"
         row |= {"status": "diverged", "diverged_step": diverged_step, "error": error}
-        return CellOutcome(row, curve)
+        return CellOutcome(row, progress.curve)
     row |= evaluate(model, val_stream, token_bytes, plan.context, plan.val_tokens)
     model.save_pretrained(model_dir)
-    return CellOutcome(row, curve)
+    return CellOutcome(row, progress.curve)
+
+
+def _save_checkpoint(path: Path, model, optimizer, schedule, progress: Progress) -> None:
+    """Model, optimizer, schedule, RNG and data position, replaced atomically (whole or not at all)."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "rng": torch.random.get_rng_state(),
+        "progress": asdict(progress),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    torch.save(state, partial)
+    with partial.open("rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+
+
+def _resume(checkpoints: Checkpoints | None, model, optimizer, schedule) -> Progress:
+    if checkpoints is None or not checkpoints.path.exists():
+        return Progress()
+    state = torch.load(checkpoints.path, weights_only=True)  # never unpickle arbitrary objects
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    torch.random.set_rng_state(state["rng"])
+    return Progress(**state["progress"])
 
 
 def _optimizer(model: torch.nn.Module, plan: CellPlan) -> torch.optim.AdamW:

@@ -65,3 +65,31 @@ def run_cli(args: list[str], tmp_path: Path, timeout: float = 300) -> subprocess
         text=True,
         timeout=timeout,
     )
+
+
+SMOKE_CELLS = 9
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory) -> dict:
+    """One uninterrupted smoke sweep through the CLI, shared by the tests that read it."""
+    import time
+
+    home = tmp_path_factory.mktemp("smoke")
+    store = home / "store"
+    started = time.perf_counter()
+    result = run_cli(["run", "--preset", "smoke", "--store", str(store)], home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {"home": home, "store": store, "seconds": time.perf_counter() - started, "output": result.stdout}
+
+
+def runs_by_cell(store: Path, columns: str) -> dict[str, tuple]:
+    from storage.catalog import open_catalog
+    from storage.store import Store
+
+    rows = open_catalog(Store(store)).execute(f"select cell_id, {columns} from runs").fetchall()
+    return {row[0]: row[1:] for row in rows}
+
+
+def finished_at(store: Path) -> dict[str, object]:
+    return {cell: values[0] for cell, values in runs_by_cell(store, "finished_at").items()}

@@ -8,27 +8,10 @@ import shutil
 import time
 
 import pytest
-from conftest import run_cli
+from conftest import SMOKE_CELLS, finished_at, run_cli
 
 from storage.catalog import open_catalog
 from storage.store import Store
-
-SMOKE_CELLS = 9
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    home = tmp_path_factory.mktemp("smoke")
-    store = home / "store"
-    started = time.perf_counter()
-    result = run_cli(["run", "--preset", "smoke", "--store", str(store)], home)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return {"home": home, "store": store, "seconds": time.perf_counter() - started, "output": result.stdout}
-
-
-def finished_at(store) -> dict[str, object]:
-    rows = open_catalog(Store(store)).execute("select cell_id, finished_at from runs").fetchall()
-    return dict(rows)
 
 
 def test_every_cell_is_ok_in_the_runs_table(smoke):

@@ -7,7 +7,7 @@ from conftest import make_documents
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from tasks import tokens
-from tasks.cell import CellPlan, batch_size_for, lr_multiplier
+from tasks.cell import CellPlan, Checkpoints, batch_size_for, lr_multiplier
 from tasks.model import ModelShape, build_model, count_params, shape_for_params
 from tasks.train import evaluate, generate_sample, sequence_order, train_cell, windows
 
@@ -127,7 +127,7 @@ def test_training_is_deterministic_and_saved_model_generates(streams, tokenizer,
 
 
 def test_evaluation_reports_loss_stderr_and_bits_per_byte(streams, tokenizer):
-    train, val = streams
+    _, val = streams
     model = build_model(ModelShape(16, 1), 300, 32, seed=0)
     metrics = evaluate(model, val, tokens.token_byte_lengths(tokenizer), 32, 1024)
     assert metrics["val_tokens"] == 1024
@@ -144,3 +144,38 @@ def test_exploding_loss_is_reported_as_diverged(streams, tokenizer, tmp_path):
     )
     assert outcome.row["status"] == "diverged"
     assert outcome.row["diverged_step"] is not None and "at step" in outcome.row["error"]
+
+
+def _train_in_child(plan, train, val, token_bytes, model_dir, checkpoints):
+    torch.set_num_threads(1)
+    train_cell(plan, train, val, token_bytes, model_dir, checkpoints)
+
+
+def test_a_killed_cell_continues_from_its_checkpoint_to_identical_numbers(streams, tokenizer, tmp_path):
+    import multiprocessing
+    import os
+    import signal
+    import time
+
+    train, val = streams
+    token_bytes = tokens.token_byte_lengths(tokenizer)
+    plan = tiny_plan(tokens_target=120_000, shape=ModelShape(32, 2))
+    checkpoints = Checkpoints(tmp_path / "work" / "checkpoint.pt", every_seconds=0.2)
+    child = multiprocessing.get_context("spawn").Process(
+        target=_train_in_child, args=(plan, train, val, token_bytes, tmp_path / "killed", checkpoints)
+    )
+    child.start()
+    deadline = time.monotonic() + 120
+    while not checkpoints.path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    assert child.exitcode == -signal.SIGKILL and not (tmp_path / "killed").exists()
+    torch.set_num_threads(1)
+    resumed = train_cell(plan, train, val, token_bytes, tmp_path / "resumed", checkpoints)
+    assert 0 < resumed.row["resumed_from_step"] < plan.steps
+    uninterrupted = train_cell(plan, train, val, token_bytes, tmp_path / "whole")
+    assert uninterrupted.row["resumed_from_step"] == 0
+    assert resumed.row["val_loss_nats"] == uninterrupted.row["val_loss_nats"]
+    assert resumed.curve == uninterrupted.curve

@@ -1,0 +1,99 @@
+"""The project's deployments, and `scalelaw serve`: a Prefect server on 127.0.0.1 serving them.
+
+- `scaling-sweep/sweep`: the sweep; its one parameter, the spec, is a form with the default preset filled in.
+- `refit-sweep/refit`: re-fit the newest stored sweep (and redraw its report) without training.
+- `scaling-sweep/resume-nightly`: every night at 03:00 re-run the default spec, which trains only the
+  cells that are missing or failed and refreshes the fit and the report. Its schedule is created
+  inactive: switch it on in the UI (Deployments → resume-nightly → schedule toggle).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+
+from prefect.deployments.runner import RunnerDeployment
+from prefect.schedules import Cron
+
+from flows.refit import refit_sweep
+from flows.spec import PRESETS
+from flows.sweep import scaling_sweep
+
+NIGHTLY_CRON = "0 3 * * *"
+
+
+def project_deployments() -> list[RunnerDeployment]:
+    default = {"spec": PRESETS["default"].model_dump(mode="json")}
+    return [
+        scaling_sweep.to_deployment(
+            name="sweep", parameters=default, description="Train the grid and fit scaling laws."
+        ),
+        refit_sweep.to_deployment(name="refit", description="Re-fit a stored sweep without training."),
+        scaling_sweep.to_deployment(
+            name="resume-nightly",
+            parameters=default,
+            schedules=[Cron(NIGHTLY_CRON, active=False)],
+            description="Finish missing or failed cells, refresh fit and report (schedule off by default).",
+        ),
+    ]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def wait_healthy(api_url: str, timeout_seconds: float = 120) -> None:
+    """Poll the server's health endpoint until it answers (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{api_url}/health", timeout=2) as answer:
+            if answer.status == 200:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"the Prefect server at {api_url} did not become healthy in {timeout_seconds:.0f} s")
+
+
+@contextlib.contextmanager
+def prefect_server(host: str = "127.0.0.1", port: int | None = None) -> Iterator[str]:
+    """Start `prefect server start` bound to `host` (loopback by default); yield its API URL; stop it."""
+    port = port or free_port(host)
+    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    api_url = f"http://{host}:{port}/api"
+    try:
+        wait_healthy(api_url)
+        yield api_url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def serve_project(host: str = "127.0.0.1", port: int | None = None) -> None:
+    """Serve the deployments against the configured Prefect API, or a server started here for it."""
+    from prefect import serve
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        print(f"serving on the Prefect API at {PREFECT_API_URL.value()}")
+        serve(*project_deployments())
+        return
+    with prefect_server(host, port) as api_url, temporary_settings({PREFECT_API_URL: api_url}):
+        os.environ["PREFECT_API_URL"] = api_url  # flow runs started by the runner report here too
+        print(f"Prefect UI: {api_url.removesuffix('/api')}  (Ctrl-C stops the server and the deployments)")
+        serve(*project_deployments())

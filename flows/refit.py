@@ -1,0 +1,25 @@
+"""Re-fit a stored sweep's laws and report without training anything."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from prefect import flow
+
+from flows.sweep import fit_and_report
+from storage.catalog import sweep_cells
+from storage.store import DEFAULT_STORE, Store
+
+
+@flow(name="refit-sweep")
+def refit_sweep(
+    store: str = DEFAULT_STORE,
+    sweep_name: str | None = None,
+    params_kind: Literal["nonembedding", "total"] = "nonembedding",
+    compute_kind: Literal["6nd", "with_attention"] = "6nd",
+) -> dict[str, Any]:
+    """Fit every law form to the newest stored sweep (of that name) and render its report."""
+    root = str(Store(store).root)
+    sweep_id, name, cell_ids = sweep_cells(Store(root), sweep_name)
+    fits, report = fit_and_report(root, name, cell_ids, params_kind, compute_kind)
+    return {"sweep_id": sweep_id, "store": root, "fits": fits, "report": report["path"]}

@@ -1,0 +1,91 @@
+"""Sweeps survive failure: a SIGKILLed sweep resumes from its checkpoints to the numbers of an
+uninterrupted run, and failed cells are recorded, never stop the others, and alone are retried."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from conftest import SMOKE_CELLS, cli_env, finished_at, run_cli, runs_by_cell
+
+from flows.spec import PRESETS
+
+
+def write_spec(path: Path, **sections: dict) -> Path:
+    data = PRESETS["smoke"].model_dump(mode="json")
+    for section, changes in sections.items():
+        data[section] |= changes
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def complete_cells(store: Path) -> set[str]:
+    return {p.parent.name for p in store.glob("cells/*/_COMPLETE.json")}
+
+
+def checkpointed_cells(store: Path) -> set[str]:
+    return {p.parent.name.removeprefix("cells-") for p in store.glob(".work/cells-*/checkpoint.pt")}
+
+
+def test_a_killed_sweep_resumes_without_retraining_and_matches_an_uninterrupted_run(smoke, tmp_path):
+    store = tmp_path / "store"
+    spec = write_spec(tmp_path / "spec.yaml", execution={"checkpoint_seconds": 0.3})
+    command = [sys.executable, "-m", "flows.cli", "run", "--spec", str(spec), "--store", str(store)]
+    sweep = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=cli_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        done = complete_cells(store)
+        mid_training = checkpointed_cells(store) - done
+        if done and mid_training:
+            break
+        time.sleep(0.05)
+    os.killpg(sweep.pid, signal.SIGKILL)
+    sweep.wait()
+    assert done and mid_training, "the sweep never had a finished cell and a checkpointed one at once"
+    finished_before_kill = {c: t for c, t in finished_at(store).items() if c in done}
+
+    result = run_cli(["run", "--spec", str(spec), "--store", str(store)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    after = runs_by_cell(store, "finished_at, resumed_from_step, val_loss_nats, train_loss_nats")
+    assert len(after) == SMOKE_CELLS
+    assert {c: after[c][0] for c in finished_before_kill} == finished_before_kill  # not retrained
+    assert all(after[c][1] > 0 for c in mid_training), "the interrupted cell restarted from scratch"
+    uninterrupted = runs_by_cell(smoke["store"], "val_loss_nats, train_loss_nats")
+    assert {c: v[2:] for c, v in after.items()} == uninterrupted
+    assert not checkpointed_cells(store), "checkpoints of finished cells are cleaned up"
+    print(
+        f"killed with {len(done)} cells done and {len(mid_training)} mid-training; resumed to equal numbers"
+    )
+
+
+def test_a_diverging_cell_is_recorded_and_alone_retried(tmp_path):
+    store = tmp_path / "store"
+    spec = write_spec(
+        tmp_path / "spec.yaml",
+        grid={"model_sizes": [3000, 8000], "tokens": [8192, 24576]},
+        train={"lr_by_size": {3000: 20.0}},
+    )
+    first = run_cli(["run", "--spec", str(spec), "--store", str(store)], tmp_path)
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "2 of 4 cells did not finish" in first.stderr and "diverged" in first.stderr
+    status = runs_by_cell(store, "status, params_target, diverged_step, finished_at")
+    assert sorted(v[0] for v in status.values()) == ["diverged", "diverged", "ok", "ok"]
+    assert all(v[1] == 3000 and v[2] is not None for v in status.values() if v[0] == "diverged")
+
+    second = run_cli(["run", "--spec", str(spec), "--store", str(store)], tmp_path)
+    assert second.returncode == 1
+    again = runs_by_cell(store, "status, params_target, diverged_step, finished_at")
+    retried = {c for c in status if again[c][3] != status[c][3]}
+    assert retried == {c for c, v in status.items() if v[0] == "diverged"}
