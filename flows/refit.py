@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from prefect import flow
 
+from flows.spec import FitSpec
 from flows.sweep import fit_and_report
 from storage.catalog import sweep_cells
 from storage.store import DEFAULT_STORE, Store
@@ -17,9 +18,17 @@ def refit_sweep(
     sweep_name: str | None = None,
     params_kind: Literal["nonembedding", "total"] = "nonembedding",
     compute_kind: Literal["6nd", "with_attention"] = "6nd",
+    bootstrap: int = 200,
+    holdout_fraction: float = 0.25,
 ) -> dict[str, Any]:
     """Fit every law form to the newest stored sweep (of that name) and render its report."""
     root = str(Store(store).root)
     sweep_id, name, cell_ids = sweep_cells(Store(root), sweep_name)
-    fits, report = fit_and_report(root, name, cell_ids, params_kind, compute_kind)
+    options = FitSpec(
+        params_kind=params_kind,
+        compute_kind=compute_kind,
+        bootstrap=bootstrap,
+        holdout_fraction=holdout_fraction,
+    )
+    fits, report = fit_and_report(root, name, cell_ids, **options.model_dump())
     return {"sweep_id": sweep_id, "store": root, "fits": fits, "report": report["path"]}

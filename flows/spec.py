@@ -87,6 +87,12 @@ class FitSpec(_Strict):
     compute_kind: Literal["6nd", "with_attention"] = Field(
         "6nd", description="Which compute the C-laws use: 6·N·D, or with attention and unembedding terms."
     )
+    bootstrap: Annotated[int, Field(ge=0, le=10_000)] = Field(
+        200, description="Bootstrap resamples of the cells for intervals and the compute-optimal band."
+    )
+    holdout_fraction: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.25, description="Share of the largest-compute cells held out to check extrapolation."
+    )
 
 
 class ExecutionSpec(_Strict):
@@ -141,12 +147,13 @@ PRESETS: dict[str, SweepSpec] = {
         grid=GridSpec(model_sizes=[3000, 8000, 20000], tokens=[8192, 24576, 65536]),
         train=TrainSpec(context=64, batch_size=16, min_steps=16, lr=5e-3),
         eval=EvalSpec(val_tokens=8192, sample_tokens=12),
+        fit=FitSpec(bootstrap=0),
     ),
     "default": SweepSpec(
         name="default",
         grid=GridSpec(
-            model_sizes=[25_000, 63_000, 160_000, 400_000, 1_000_000],
-            tokens=[40_000, 127_000, 400_000, 1_270_000],
+            model_sizes=[20_000, 80_000, 250_000, 800_000],
+            tokens=[20_000, 64_000, 200_000, 640_000],
         ),
     ),
 }

@@ -73,7 +73,7 @@ def scaling_sweep(spec: SweepSpec = PRESETS["default"]) -> dict[str, Any]:
     sweep = steps.record_sweep(
         store, fingerprint("sweep", spec.model_dump(exclude={"execution"})), spec.name, cell_ids
     )
-    fits, report = fit_and_report(store, spec.name, cell_ids, spec.fit.params_kind, spec.fit.compute_kind)
+    fits, report = fit_and_report(store, spec.name, cell_ids, **spec.fit.model_dump())
     failed = [cell for cell in cells if cell["status"] != "ok"]
     summary = {"sweep_id": sweep, "store": store, "cells": cells, "fits": fits, "report": report["path"]}
     if failed:
@@ -83,12 +83,13 @@ def scaling_sweep(spec: SweepSpec = PRESETS["default"]) -> dict[str, Any]:
 
 
 def fit_and_report(
-    store: str, sweep_name: str, cell_ids: list[str], params_kind: str, compute_kind: str
+    store: str, sweep_name: str, cell_ids: list[str], **fit_options: Any
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Fit every law form to the cells, render the report, and publish it as a Prefect artifact."""
-    fits = run_step(
-        steps.fit_laws, store=store, cell_ids=cell_ids, params_kind=params_kind, compute_kind=compute_kind
-    )
+    """Fit every law form to the cells, render the report, and publish it as a Prefect artifact.
+
+    `fit_options` are the fields of the spec's FitSpec.
+    """
+    fits = run_step(steps.fit_laws, store=store, cell_ids=cell_ids, **fit_options)
     report = run_step(
         steps.write_report, store=store, sweep_name=sweep_name, cell_ids=cell_ids, fits_fp=fits["fp"]
     )

@@ -108,6 +108,28 @@ FITS = pa.schema(
     ]
 )
 
+OPTIMAL = pa.schema(
+    [
+        ("compute", pa.float64()),
+        ("N_opt", pa.float64()),
+        ("N_opt_low", pa.float64()),
+        ("N_opt_high", pa.float64()),
+        ("D_opt", pa.float64()),
+        ("tokens_per_param", pa.float64()),
+        ("loss", pa.float64()),
+    ]
+)
+
+EXTRAPOLATION = pa.schema(
+    [
+        ("threshold_compute", pa.float64()),
+        ("compute", pa.float64()),
+        ("observed", pa.float64()),
+        ("predicted", pa.float64()),
+        ("relative_error", pa.float64()),
+    ]
+)
+
 
 def write_parquet(rows: list[dict[str, Any]] | pa.Table, schema: pa.Schema, path: Path) -> None:
     """Write rows with `schema`, tagging the file with the schema version."""

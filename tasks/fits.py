@@ -31,7 +31,8 @@ class SweepFits:
     points: SweepPoints
     fits: list[laws.FitResult]
     skipped: dict[str, str]  # form -> why it was not fitted
-    optimal: laws.ComputeOptimal | None
+    optimal: list[dict]  # compute-optimal allocation by budget, with bands when bootstrapped
+    extrapolation: list[dict]  # held-out largest cells: observed against predicted loss
 
 
 def points_from_runs(rows: list[dict], params_kind: str, compute_kind: str) -> SweepPoints:
@@ -66,13 +67,14 @@ def compute_frontier(compute: np.ndarray, loss: np.ndarray) -> np.ndarray:
     return np.array(frontier)
 
 
-def fit_sweep(points: SweepPoints) -> SweepFits:
-    """Every law form that the points can determine; the others are skipped with the reason."""
+def fit_sweep(points: SweepPoints, bootstrap: int = 0, holdout_fraction: float = 0.25) -> SweepFits:
+    """Every law form that the points can determine (the others skipped, with the reason), the
+    compute-optimal allocation, and an extrapolation check on the largest cells."""
     per_n = best_per(points.N, points.loss)
     per_d = best_per(points.D, points.loss)
     frontier = compute_frontier(points.C, points.loss)
     attempts = {
-        "chinchilla": lambda: laws.fit_chinchilla(points.N, points.D, points.loss),
+        "chinchilla": lambda: laws.fit_chinchilla(points.N, points.D, points.loss, bootstrap=bootstrap),
         "power_law_N": lambda: laws.fit_power_law(points.N[per_n], points.loss[per_n], axis="N"),
         "power_law_D": lambda: laws.fit_power_law(points.D[per_d], points.loss[per_d], axis="D"),
         "power_law_C": lambda: laws.fit_power_law(points.C[frontier], points.loss[frontier], axis="C"),
@@ -84,7 +86,64 @@ def fit_sweep(points: SweepPoints) -> SweepFits:
             fits.append(attempt())
         except ValueError as error:
             skipped[form] = str(error)
-    return SweepFits(points, fits, skipped, _compute_optimal(points, fits))
+    return SweepFits(
+        points, fits, skipped, _optimal_rows(points, fits), _extrapolation_rows(points, holdout_fraction)
+    )
+
+
+def _optimal_rows(points: SweepPoints, results: list[laws.FitResult]) -> list[dict]:
+    chinchilla = next((f for f in results if f.form == "chinchilla"), None)
+    if chinchilla is None:
+        return []
+    try:
+        optimal = laws.compute_optimal(chinchilla, np.geomspace(points.C.min(), points.C.max() * 100, 24))
+    except ValueError:  # a fit without positive exponents has no finite optimum
+        return []
+    low, high = optimal.N_opt_ci or (np.full_like(optimal.N_opt, np.nan),) * 2
+    return [
+        {
+            "compute": float(c),
+            "N_opt": float(n),
+            "N_opt_low": float(lo),
+            "N_opt_high": float(hi),
+            "D_opt": float(d),
+            "tokens_per_param": float(t),
+            "loss": float(loss),
+        }
+        for c, n, lo, hi, d, t, loss in zip(
+            optimal.compute,
+            optimal.N_opt,
+            low,
+            high,
+            optimal.D_opt,
+            optimal.tokens_per_param,
+            optimal.loss,
+            strict=True,
+        )
+    ]
+
+
+def _extrapolation_rows(points: SweepPoints, holdout_fraction: float) -> list[dict]:
+    """Fit on the cells below a compute threshold; predict the largest `holdout_fraction` of cells."""
+    if holdout_fraction <= 0 or len(points.C) < 2:
+        return []
+    threshold = float(np.quantile(points.C, 1 - holdout_fraction))
+    try:
+        check = laws.extrapolation_check(points.N, points.D, points.loss, threshold_compute=threshold)
+    except ValueError:  # too few cells below the threshold for the form
+        return []
+    return [
+        {
+            "threshold_compute": threshold,
+            "compute": float(c),
+            "observed": float(o),
+            "predicted": float(p),
+            "relative_error": float(e),
+        }
+        for c, o, p, e in zip(
+            check.held_out_compute, check.observed, check.predicted, check.relative_error, strict=True
+        )
+    ]
 
 
 def fit_rows(fit_id: str, sweep: SweepFits) -> list[dict]:
@@ -124,8 +183,10 @@ def fit_rows(fit_id: str, sweep: SweepFits) -> list[dict]:
     return rows
 
 
-def load_sweep_fits(run_rows: list[dict], fit_table_rows: list[dict]) -> SweepFits:
-    """Rebuild the fitted laws from the `fits` table (estimates and intervals; no residuals)."""
+def load_sweep_fits(
+    run_rows: list[dict], fit_table_rows: list[dict], optimal: list[dict], extrapolation: list[dict]
+) -> SweepFits:
+    """Rebuild the fitted laws from the stored tables (estimates and intervals; no residuals)."""
     first = fit_table_rows[0]
     points = points_from_runs(run_rows, first["params_kind"], first["compute_kind"])
     by_form: dict[str, list[dict]] = {}
@@ -150,14 +211,7 @@ def load_sweep_fits(run_rows: list[dict], fit_table_rows: list[dict]) -> SweepFi
                 note=rows[0]["note"],
             )
         )
-    return SweepFits(points, results, skipped, _compute_optimal(points, results))
-
-
-def _compute_optimal(points: SweepPoints, results: list[laws.FitResult]) -> laws.ComputeOptimal | None:
-    chinchilla = next((f for f in results if f.form == "chinchilla"), None)
-    if chinchilla is None:
-        return None
-    return laws.compute_optimal(chinchilla, np.geomspace(points.C.min(), points.C.max() * 100, 24))
+    return SweepFits(points, results, skipped, optimal, extrapolation)
 
 
 def law_text(fit: laws.FitResult) -> str:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 HEAD_DIM_SMALL = 16  # d_model below 256
 HEAD_DIM_LARGE = 64
 TARGET_ASPECT = 32.0  # d_model / n_layers; Kaplan et al. find loss flat over 20-200
+SIZE_TOLERANCE = math.log(1.15)
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ class ModelShape:
 
 @functools.lru_cache(maxsize=256)
 def shape_for_params(target: int) -> ModelShape:
-    """The shape whose non-embedding parameter count is closest to `target`, near the target aspect."""
+    """The shape nearest the target aspect among those within 15% of `target` non-embedding
+    parameters, or the closest in size when none is that close."""
     candidates = []
     for d_model in range(16, 8193, 16):
         if d_model >= 256 and d_model % HEAD_DIM_LARGE:
@@ -62,9 +64,11 @@ def shape_for_params(target: int) -> ModelShape:
             shape = ModelShape(d_model, n_layers)
             size_miss = abs(math.log(shape.params_nonembedding() / target))
             aspect_miss = abs(math.log(d_model / n_layers / TARGET_ASPECT))
-            candidates.append((size_miss + 0.1 * aspect_miss, d_model, n_layers))
-    _, d_model, n_layers = min(candidates)
-    return ModelShape(d_model, n_layers)
+            candidates.append((size_miss, aspect_miss, shape))
+    close = [c for c in candidates if c[0] < SIZE_TOLERANCE]
+    if close:
+        return min(close, key=lambda c: (c[1], c[0]))[2]
+    return min(candidates, key=lambda c: (c[0], c[1]))[2]
 
 
 def training_flops_per_token(shape: ModelShape, vocab_size: int, context: int) -> dict[str, float]:

@@ -14,7 +14,7 @@ import numpy as np
 from tasks.fits import SweepFits, law_text
 
 COMPUTE_NAMES = {"6nd": "6·N·D", "with_attention": "6·N·D plus attention and unembedding terms"}
-PLOTS = ("loss_vs_N.png", "loss_vs_D.png", "compute_optimal.png")
+PLOTS = ("loss_vs_N.png", "loss_vs_D.png", "compute_optimal.png", "residuals.png", "extrapolation.png")
 
 
 def render_report(name: str, sweep: SweepFits, rows: list[dict], out: Path) -> str:
@@ -23,6 +23,8 @@ def render_report(name: str, sweep: SweepFits, rows: list[dict], out: Path) -> s
     _plot_loss_against(sweep, chinchilla, "N", out / PLOTS[0])
     _plot_loss_against(sweep, chinchilla, "D", out / PLOTS[1])
     _plot_compute_optimal(sweep, out / PLOTS[2])
+    _plot_residuals(sweep, out / PLOTS[3])
+    _plot_extrapolation(sweep, out / PLOTS[4])
     return "\n".join(
         [
             f"# Scaling laws: sweep `{name}`",
@@ -40,6 +42,7 @@ def render_report(name: str, sweep: SweepFits, rows: list[dict], out: Path) -> s
             *_fit_lines(sweep),
             "",
             *_optimal_lines(sweep),
+            *_extrapolation_lines(sweep),
             "## Plots",
             "",
             *[f"![{plot}]({plot})" for plot in PLOTS],
@@ -68,23 +71,46 @@ def _fit_lines(sweep: SweepFits) -> list[str]:
 
 
 def _optimal_lines(sweep: SweepFits) -> list[str]:
-    optimal = sweep.optimal
-    if optimal is None:
+    if not sweep.optimal:
         return []
+    chinchilla = next(f for f in sweep.fits if f.form == "chinchilla")
+    p = chinchilla.params
     lines = [
         "## Compute-optimal allocation (from the Chinchilla-form fit, C = 6·N·D)",
         "",
-        f"N_opt ∝ C^{optimal.a:.3f}, D_opt ∝ C^{optimal.b:.3f}.",
+        f"N_opt ∝ C^{p['a_opt']:.3f} (95% interval {_interval(chinchilla, 'a_opt')}), "
+        f"D_opt ∝ C^{p['b_opt']:.3f} (95% interval {_interval(chinchilla, 'b_opt')}).",
         "",
-        "| compute (FLOP) | N_opt | D_opt | tokens per parameter | predicted loss |",
-        "| --- | --- | --- | --- | --- |",
+        "| compute (FLOP) | N_opt | N_opt 95% band | D_opt | tokens per parameter | predicted loss |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
-    for i in np.linspace(0, len(optimal.compute) - 1, 5).astype(int):
+    for i in np.linspace(0, len(sweep.optimal) - 1, 5).astype(int):
+        r = sweep.optimal[i]
         lines.append(
-            f"| {optimal.compute[i]:.3g} | {optimal.N_opt[i]:.3g} | {optimal.D_opt[i]:.3g} "
-            f"| {optimal.tokens_per_param[i]:.3g} | {optimal.loss[i]:.4f} |"
+            f"| {r['compute']:.3g} | {r['N_opt']:.3g} | {r['N_opt_low']:.3g} .. {r['N_opt_high']:.3g} "
+            f"| {r['D_opt']:.3g} | {r['tokens_per_param']:.3g} | {r['loss']:.4f} |"
         )
     return [*lines, ""]
+
+
+def _interval(fit, name: str) -> str:
+    low, high = fit.ci_low.get(name), fit.ci_high.get(name)
+    return "n/a" if low is None or high is None or math.isnan(low) else f"{low:.3f} .. {high:.3f}"
+
+
+def _extrapolation_lines(sweep: SweepFits) -> list[str]:
+    if not sweep.extrapolation:
+        return []
+    errors = [r["relative_error"] for r in sweep.extrapolation]
+    threshold = sweep.extrapolation[0]["threshold_compute"]
+    return [
+        "## Extrapolation check",
+        "",
+        f"Fitted on the cells below C = {threshold:.3g} FLOP, the Chinchilla form predicts the "
+        f"{len(errors)} larger cells with signed relative errors {', '.join(f'{e:+.2%}' for e in errors)} "
+        f"(mean |error| {np.mean(np.abs(errors)):.2%}).",
+        "",
+    ]
 
 
 def _cell_table(rows: list[dict]) -> list[str]:
@@ -125,9 +151,7 @@ def _plot_loss_against(sweep: SweepFits, chinchilla, axis: str, path: Path) -> N
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title(f"Loss against {axis}; lines: Chinchilla-form fit")
     ax.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def _plot_compute_optimal(sweep: SweepFits, path: Path) -> None:
@@ -135,16 +159,50 @@ def _plot_compute_optimal(sweep: SweepFits, path: Path) -> None:
     figure, ax = plt.subplots(figsize=(6, 4))
     scatter = ax.scatter(points.C, points.N, c=points.loss, cmap="viridis_r", zorder=3)
     figure.colorbar(scatter, label="validation loss (nats/token)")
-    if sweep.optimal is not None:
-        ax.plot(sweep.optimal.compute, sweep.optimal.N_opt, color="crimson", label="compute-optimal N")
-        if sweep.optimal.N_opt_ci is not None:
-            ax.fill_between(sweep.optimal.compute, *sweep.optimal.N_opt_ci, color="crimson", alpha=0.2)
+    if sweep.optimal:
+        compute = [r["compute"] for r in sweep.optimal]
+        ax.plot(compute, [r["N_opt"] for r in sweep.optimal], color="crimson", label="compute-optimal N")
+        low, high = [r["N_opt_low"] for r in sweep.optimal], [r["N_opt_high"] for r in sweep.optimal]
+        if not any(math.isnan(v) for v in low):
+            ax.fill_between(compute, low, high, color="crimson", alpha=0.2, label="95% bootstrap band")
         ax.legend(fontsize=8)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("compute C (FLOP)")
     ax.set_ylabel("N (parameters)")
     ax.set_title("Cells and the compute-optimal frontier")
+    _save(figure, path)
+
+
+def _plot_residuals(sweep: SweepFits, path: Path) -> None:
+    figure, ax = plt.subplots(figsize=(6, 3.5))
+    chinchilla = next((f for f in sweep.fits if f.form == "chinchilla"), None)
+    points = sweep.points
+    if chinchilla is not None:
+        residual = np.log(points.loss) - np.log(chinchilla.predict(points.N, points.D))
+        ax.scatter(points.C, residual, c=np.log10(points.N), cmap="viridis", zorder=3)
+        ax.axhline(0, color="grey", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("compute C (FLOP)")
+    ax.set_ylabel("log(observed / fitted)")
+    ax.set_title("Chinchilla-form residuals (colour: log10 N)")
+    _save(figure, path)
+
+
+def _plot_extrapolation(sweep: SweepFits, path: Path) -> None:
+    figure, ax = plt.subplots(figsize=(6, 3.5))
+    rows = sweep.extrapolation
+    if rows:
+        ax.bar(range(len(rows)), [100 * r["relative_error"] for r in rows], color="steelblue")
+        ax.set_xticks(range(len(rows)), [f"{r['compute']:.2g}" for r in rows], fontsize=7)
+        ax.axhline(0, color="grey", lw=1)
+    ax.set_xlabel("held-out cell's compute (FLOP)")
+    ax.set_ylabel("predicted − observed (% of observed)")
+    ax.set_title("Extrapolation: fit on smaller cells, predict the largest")
+    _save(figure, path)
+
+
+def _save(figure, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -232,20 +232,33 @@ def record_sweep(store: str, sweep_id: str, sweep_name: str, cell_ids: list[str]
 
 
 @artifact_task("fits")
-def fit_laws(store: str, cell_ids: list[str], params_kind: str, compute_kind: str) -> Record:
-    """Every law form fitted to the sweep's finished cells, into fits.parquet."""
+def fit_laws(
+    store: str,
+    cell_ids: list[str],
+    params_kind: str,
+    compute_kind: str,
+    bootstrap: int,
+    holdout_fraction: float,
+) -> Record:
+    """Every law form fitted to the sweep's finished cells (fits.parquet), the compute-optimal
+    allocation (optimal.parquet) and the extrapolation check (extrapolation.parquet)."""
     params = dict(locals())
 
     def build(out: Path, fp: str) -> Record:
         from tasks import fits  # scipy: imported where laws are fitted, not by every worker
 
         points = fits.points_from_runs(cell_rows(Store(store), cell_ids), params_kind, compute_kind)
-        sweep = fits.fit_sweep(points)
+        sweep = fits.fit_sweep(points, bootstrap, holdout_fraction)
         schemas.write_parquet(fits.fit_rows(fp, sweep), schemas.FITS, out / "fits.parquet")
+        schemas.write_parquet(sweep.optimal, schemas.OPTIMAL, out / "optimal.parquet")
+        schemas.write_parquet(sweep.extrapolation, schemas.EXTRAPOLATION, out / "extrapolation.parquet")
         laws_text = {f.form: fits.law_text(f) for f in sweep.fits}
         return {"laws": laws_text, "skipped": sweep.skipped, "excluded": points.excluded}
 
     return _materialize("fits", params, build)
+
+
+FIT_TABLES = ("fits", "optimal", "extrapolation")
 
 
 @artifact_task("reports")
@@ -258,7 +271,8 @@ def write_report(store: str, sweep_name: str, cell_ids: list[str], fits_fp: str)
 
         rows = cell_rows(Store(store), cell_ids)
         fits_dir = Store(store).path("fits", fits_fp)
-        stored = fits.load_sweep_fits(rows, schemas.read_parquet(fits_dir / "fits.parquet").to_pylist())
+        tables = [schemas.read_parquet(fits_dir / f"{name}.parquet").to_pylist() for name in FIT_TABLES]
+        stored = fits.load_sweep_fits(rows, *tables)
         markdown = report.render_report(sweep_name, stored, rows, out)
         (out / "report.md").write_text(markdown)
         return {"path": str(Store(store).path("reports", fp) / "report.md"), "markdown": markdown}
