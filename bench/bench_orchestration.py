@@ -49,7 +49,7 @@ def main() -> None:
     overhead = first - ideal
     print(f"preset {args.preset}: {cells} cells, {workers} workers")
     print(f"first run wall time           {first:8.1f} s")
-    print(f"cell training time / workers  {ideal:8.1f} s (sum {train_seconds:.1f} s, slowest {slowest:.1f} s)")
+    print(f"cell training time / workers  {ideal:8.1f} s (sum {train_seconds:.1f} s, max {slowest:.1f} s)")
     print(f"orchestration overhead        {overhead:8.1f} s = {overhead / first:.1%} of the wall time")
     print(f"rerun, all cells complete     {rerun:8.1f} s = {rerun / first:.1%} of the first run")
 

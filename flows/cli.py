@@ -57,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_spec_options(run)
     run.add_argument("--workers", type=int, help="cells trained at once (overrides execution.workers)")
+    run.add_argument(
+        "--engine", choices=["processes", "dask"], help="local worker processes (default) or a Dask cluster"
+    )
+    run.add_argument("--dask-address", help="scheduler of an existing Dask cluster, e.g. tcp://host:8786")
     run.set_defaults(command=_run)
 
     query = commands.add_parser(
@@ -140,7 +144,8 @@ def _configure_prefect(verbose: bool) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    spec = _spec_from(args, workers=args.workers)
+    engine = "dask" if args.dask_address else args.engine
+    spec = _spec_from(args, workers=args.workers, engine=engine, dask_address=args.dask_address)
     Store(spec.execution.store)  # a store path that is a file fails here, before any work
     source_version(spec.corpus.source)  # so does a missing corpus path
     from flows import progress
@@ -288,15 +293,17 @@ def _read_runs_csv(args: argparse.Namespace) -> tuple:
 def _query(args: argparse.Namespace) -> int:
     import duckdb
 
-    from storage.catalog import open_catalog
+    from storage.catalog import read_only_query
 
     store = Store(args.store)
     if not store.root.is_dir():
         raise StoreError(f"store: {store.root} does not exist; run a sweep first or pass --store.")
     try:
-        result = open_catalog(store).execute(args.sql)
+        result = read_only_query(store, args.sql)
     except duckdb.Error as error:
         raise InputError(f"query: {str(error).splitlines()[0]}; fix the SQL.") from None
+    except ValueError as error:
+        raise InputError(str(error)) from None
     if result.description is None:
         return 0
     columns = [d[0] for d in result.description]

@@ -23,7 +23,10 @@ def terminal_progress(console: Console) -> Iterator[None]:
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("preparing data", total=None)
 
-        def on_cell(done: int, total: int, record: dict) -> None:
+        def on_cell(done: int, total: int, record: dict | None) -> None:
+            if record is None:
+                bar.update(task, completed=done, total=total, description="training")
+                return
             loss = record.get("val_loss_nats")
             last = f"last: {record['status']}" + (f", val loss {loss:.3f}" if loss is not None else "")
             bar.update(task, completed=done, total=total, description=last)

@@ -97,6 +97,13 @@ class FitSpec(_Strict):
 
 class ExecutionSpec(_Strict):
     store: str = Field("scalelaw-store", description="Folder that holds every artifact of every sweep.")
+    engine: Literal["processes", "dask"] = Field(
+        "processes",
+        description="Where cells train: a local pool of worker processes, or a Dask cluster (prefect-dask).",
+    )
+    dask_address: str | None = Field(
+        None, description="Scheduler of an existing Dask cluster (tcp://host:8786); unset: a local cluster."
+    )
     workers: Annotated[int, Field(ge=1, le=256)] = Field(
         2, description="Cells trained at once, each in its own process."
     )

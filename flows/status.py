@@ -11,6 +11,7 @@ from flows.spec import SweepSpec
 from storage import schemas
 from storage.store import Store
 from tasks.cell import CellPlan
+from tasks.model import ModelShape
 from tasks.steps import step_fingerprint
 
 STATE_STYLE = {"done": "green", "failed": "red", "diverged": "red", "missing": "dim"}
@@ -90,3 +91,20 @@ def grid_table(spec: SweepSpec, cells: list[CellState]) -> Table:
 def _entry(cell: CellState) -> str:
     text = f"{cell.val_loss_nats:.3f}" if cell.state == "done" else cell.state
     return f"[{STATE_STYLE[cell.state]}]{text}[/]"
+
+
+def grid_artifact_rows(grid: list[dict], records: dict[str, dict]) -> list[dict]:
+    """The N x D table for Prefect's UI: one row per N, one column per D, each cell's state."""
+    entries: dict[int, dict[str, str]] = {}
+    for params in grid:
+        plan = params["plan"]
+        n = ModelShape(**plan["shape"]).params_nonembedding()
+        record = records.get(step_fingerprint("cells", params))
+        if record is None:
+            state = "pending"
+        elif record["status"] == "ok":
+            state = f"done {record['val_loss_nats']:.3f}"
+        else:
+            state = f"{record['status']}: {record['error']}"
+        entries.setdefault(n, {})[f"D={plan['tokens_target']:,}"] = state
+    return [{"N": f"{n:,}", **columns} for n, columns in sorted(entries.items())]

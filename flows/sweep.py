@@ -8,13 +8,19 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.client.orchestration import get_client
 from prefect.futures import as_completed
-from prefect.task_runners import ProcessPoolTaskRunner
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 
 from flows.plan import cell_params, cell_plans, corpus_params, tokens_params, vocab_params
-from flows.spec import PRESETS, SweepSpec
+from flows.spec import PRESETS, ExecutionSpec, SweepSpec
+from flows.status import grid_artifact_rows
 from storage.store import Store, fingerprint
 from tasks import steps
 
@@ -50,6 +56,19 @@ def _api_shared_with_workers() -> Iterator[None]:
             os.environ["PREFECT_API_URL"] = previous
 
 
+def task_runner(execution: ExecutionSpec) -> TaskRunner:
+    """The engine that trains the cells: never more trainings at once than workers."""
+    if execution.engine == "processes":
+        return ProcessPoolTaskRunner(max_workers=execution.workers)
+    from prefect_dask import DaskTaskRunner
+
+    if execution.dask_address:
+        return DaskTaskRunner(address=execution.dask_address)
+    return DaskTaskRunner(
+        cluster_kwargs={"n_workers": execution.workers, "threads_per_worker": 1, "processes": True}
+    )
+
+
 def run_step(step: Any, **params: Any) -> dict[str, Any]:
     """Call a cached step, refreshing Prefect's cache when the artifact itself is missing."""
     fp = steps.step_fingerprint(step.name, params)
@@ -66,7 +85,7 @@ def scaling_sweep(spec: SweepSpec = PRESETS["default"]) -> dict[str, Any]:
     tokens = run_step(steps.tokenize, **tokens_params(store, corpus["fp"], vocab["fp"]))
     plans = cell_plans(spec, vocab["vocab_size"], tokens["train_tokens"], tokens["val_tokens"])
     grid = [cell_params(spec, store, tokens["fp"], vocab["fp"], plan) for plan in plans]
-    runner = ProcessPoolTaskRunner(max_workers=spec.execution.workers)
+    runner = task_runner(spec.execution)
     with _api_shared_with_workers():
         cells = train_grid.with_options(task_runner=runner)(grid)
     cell_ids = sorted(cell["cell_id"] for cell in cells)
@@ -103,22 +122,28 @@ def fit_and_report(
 def train_grid(grid: list[dict]) -> list[dict]:
     """Every cell in its own worker process; cells already complete come back from the cache."""
     progress = create_progress_artifact(0.0, description="Grid cells finished")
-    results: list[dict] = []
+    results: dict[str, dict] = {}
     pending = []
     for params in grid:
         fp = steps.step_fingerprint(steps.train_grid_cell.name, params)
         if steps.reusable(Store(params["store"]).marker("cells", fp)):
-            _finished(results, steps.train_grid_cell(**params), len(grid), progress)
+            results[fp] = steps.train_grid_cell(**params)
         else:
             pending.append(steps.train_grid_cell.with_options(refresh_cache=True).submit(**params))
     get_run_logger().info("%d cells complete, %d to train", len(results), len(pending))
+    _report_progress(grid, results, progress, None)
     for future in as_completed(pending):
-        _finished(results, future.result(), len(grid), progress)
-    return results
+        record = future.result()
+        results[record["cell_id"]] = record
+        _report_progress(grid, results, progress, record)
+    return list(results.values())
 
 
-def _finished(results: list[dict], record: dict, total: int, progress_id: Any) -> None:
-    results.append(record)
-    update_progress_artifact(progress_id, 100.0 * len(results) / total)
+def _report_progress(grid: list[dict], results: dict[str, dict], progress_id: Any, last: dict | None) -> None:
+    """The UI's progress bar and N x D status table, and the CLI's listeners."""
+    update_progress_artifact(progress_id, 100.0 * len(results) / len(grid))
+    create_table_artifact(
+        grid_artifact_rows(grid, results), key="grid-status", description="Cells by N and D"
+    )
     for listener in _progress_listeners:
-        listener(len(results), total, record)
+        listener(len(results), len(grid), last)

@@ -43,3 +43,23 @@ def sweep_cells(store: Store, sweep_name: str | None = None) -> tuple[str, str, 
             return rows[0]["sweep_id"], rows[0]["sweep_name"], [r["cell_id"] for r in rows]
     wanted = f"named {sweep_name!r} " if sweep_name else ""
     raise StoreError(f"store: {store.root} holds no sweep {wanted}yet; run one first or check --sweep.")
+
+
+READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+
+
+def read_only_query(store: Store, sql: str) -> duckdb.DuckDBPyConnection:
+    """Run one read-only statement (SELECT, DESCRIBE, SHOW, EXPLAIN) over the store's views.
+
+    Anything that could write (COPY ... TO, CREATE, INSERT, ATTACH, SET) is refused before it runs.
+    """
+    statements = duckdb.extract_statements(sql)
+    if len(statements) != 1:
+        raise ValueError(f"query: give exactly one SQL statement (got {len(statements)}).")
+    if statements[0].type not in READ_ONLY_STATEMENTS:
+        raise ValueError(
+            f"query: {statements[0].type.name} statements are not allowed; the catalog is read-only."
+        )
+    con = open_catalog(store)
+    con.execute("SET lock_configuration = true")
+    return con.execute(sql)

@@ -70,10 +70,21 @@ def test_store_that_is_a_file(tmp_path):
     assert_user_error(result, "is a file, not a folder")
 
 
-@pytest.mark.parametrize("sql", ["select nope from runs", "selec 1"])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select nope from runs",
+        "selec 1",
+        "copy (select 1) to 'leak.csv'",
+        "create table t as select 1",
+        "select 1; select 2",
+        "attach 'other.db'",
+    ],
+)
 def test_sql_errors_in_query(tmp_path, sql):
     (tmp_path / "store").mkdir()
     assert_user_error(run_cli(["query", "--store", str(tmp_path / "store"), sql], tmp_path), "query:")
+    assert not (tmp_path / "leak.csv").exists() and not (tmp_path / "other.db").exists()
 
 
 def test_query_on_an_empty_store_sees_empty_views(tmp_path):
