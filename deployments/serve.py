@@ -65,14 +65,15 @@ def wait_healthy(api_url: str, timeout_seconds: float = 120) -> None:
 def prefect_server(host: str = "127.0.0.1", port: int | None = None) -> Iterator[str]:
     """Start `prefect server start` bound to `host` (loopback by default); yield its API URL; stop it."""
     port = port or free_port(host)
-    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    api_url = f"http://{host}:{port}/api"
+    # The UI asks PREFECT_UI_API_URL where the API is; it would default to port 4200.
+    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_API_URL=api_url)
     server = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    api_url = f"http://{host}:{port}/api"
     try:
         wait_healthy(api_url)
         yield api_url

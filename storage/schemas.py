@@ -57,6 +57,7 @@ RUNS = pa.schema(
         ("compute_with_attention", pa.float64()),
         ("lr", pa.float64()),
         ("warmup_steps", pa.int64()),
+        ("beta2", pa.float64()),
         ("train_loss_nats", pa.float64()),
         ("val_loss_nats", pa.float64()),
         ("val_loss_stderr", pa.float64()),
@@ -67,6 +68,9 @@ RUNS = pa.schema(
         ("resumed_from_step", pa.int64()),
         ("train_seconds", pa.float64()),
         ("tokens_per_second", pa.float64()),
+        ("mfu", pa.float64()),  # achieved FLOP/s (with attention and head) over the measured matmul peak
+        ("precision", pa.string()),  # float32 | bfloat16 (autocast)
+        ("compiled", pa.bool_()),
         ("finished_at", pa.timestamp("s", tz="UTC")),
     ]
 )

@@ -56,10 +56,19 @@ class Store:
     def is_complete(self, kind: str, fp: str) -> bool:
         return self.marker(kind, fp) is not None
 
-    def publish(self, kind: str, fp: str, build: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-        """Build an artifact in a scratch folder, then replace `<kind>/<fp>` with it whole.
+    def publish(
+        self,
+        kind: str,
+        fp: str,
+        build: Callable[[Path], dict[str, Any]],
+        keep_existing: Callable[[dict[str, Any]], bool] = lambda record: True,
+    ) -> dict[str, Any]:
+        """Build an artifact in a scratch folder, then move it into place as `<kind>/<fp>` whole.
 
         `build` fills the folder and returns the artifact's record, which becomes the completion marker.
+        When another writer published the same artifact meanwhile, its copy stays if `keep_existing`
+        says so (the first complete copy wins; readers never see the folder disappear) and is replaced
+        otherwise (e.g. a failed cell's record).
         """
         final = self.path(kind, fp)
         scratch = self.root / ".tmp" / f"{kind}-{fp}-{uuid.uuid4().hex[:8]}"
@@ -69,6 +78,9 @@ class Store:
             (scratch / COMPLETE_MARKER).write_text(json.dumps(record, sort_keys=True, indent=1, default=str))
             _fsync_tree(scratch)
             final.parent.mkdir(parents=True, exist_ok=True)
+            existing = self.marker(kind, fp)
+            if existing is not None and keep_existing(existing):
+                return existing
             if final.exists():
                 retired = self.root / ".tmp" / f"retired-{kind}-{fp}-{uuid.uuid4().hex[:8]}"
                 os.replace(final, retired)

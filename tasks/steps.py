@@ -57,7 +57,7 @@ def _materialize(kind: str, params: dict[str, Any], build: Callable[[Path, str],
     record = store.marker(kind, fp)
     if reusable(record):
         return record
-    return store.publish(kind, fp, lambda out: {"fp": fp, **build(out, fp)})
+    return store.publish(kind, fp, lambda out: {"fp": fp, **build(out, fp)}, keep_existing=reusable)
 
 
 @artifact_task("clean")

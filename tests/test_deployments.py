@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import SMOKE_CELLS, cli_env, runs_by_cell
@@ -14,12 +15,27 @@ from deployments.serve import NIGHTLY_CRON, prefect_server
 from flows.spec import PRESETS
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,1000",
+)
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "ui-flow-run.png"
 
 
-@pytest.fixture
-def served(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
     """A Prefect server with its own new database, and `scalelaw serve` against it; both stopped
     afterwards, also on failure."""
+    tmp_path = tmp_path_factory.mktemp("served")
+    monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "server-home"))
     env = cli_env()
     with prefect_server() as api_url:
@@ -32,10 +48,11 @@ def served(tmp_path, monkeypatch):
             stderr=subprocess.DEVNULL,
         )
         try:
-            yield api_url
+            yield {"api_url": api_url, "home": tmp_path}
         finally:
             server.terminate()
             server.wait(timeout=30)
+            monkeypatch.undo()
 
 
 def client_for(api_url: str):
@@ -72,22 +89,64 @@ def cached_cell_runs(client) -> int:
     return sum(run.state_name == "Cached" for run in runs)
 
 
-def test_sweep_deployment_runs_from_the_api_and_reruns_cached(served, tmp_path):
-    store = tmp_path / "store"
+@pytest.fixture(scope="module")
+def first_run(served):
+    """The sweep deployment triggered through the API with the smoke preset, run to completion."""
+    store = served["home"] / "store"
     spec = PRESETS["smoke"].model_dump(mode="json")
     spec["execution"]["store"] = str(store)
-    with client_for(served) as client:
+    with client_for(served["api_url"]) as client:
         sweep = wait_for_deployment(client, "scaling-sweep/sweep")
+        flow_run = run_and_wait(client, sweep.id, {"spec": spec})
+    return {"deployment": sweep, "flow_run": flow_run, "spec": spec, "store": store}
+
+
+def test_the_deployments_exist_and_the_nightly_schedule_is_off(served):
+    with client_for(served["api_url"]) as client:
         nightly = wait_for_deployment(client, "scaling-sweep/resume-nightly")
         assert [s.schedule.cron for s in nightly.schedules] == [NIGHTLY_CRON]
         assert not nightly.schedules[0].active
         wait_for_deployment(client, "refit-sweep/refit")
 
-        first = run_and_wait(client, sweep.id, {"spec": spec})
-        assert first.state.type.value == "COMPLETED", first.state
-        assert len(runs_by_cell(store, "status")) == SMOKE_CELLS
-        assert cached_cell_runs(client) == 0
 
-        second = run_and_wait(client, sweep.id, {"spec": spec})
+def test_sweep_deployment_runs_from_the_api_and_reruns_cached(served, first_run):
+    assert first_run["flow_run"].state.type.value == "COMPLETED", first_run["flow_run"].state
+    assert len(runs_by_cell(first_run["store"], "status")) == SMOKE_CELLS
+    with client_for(served["api_url"]) as client:
+        assert cached_cell_runs(client) == 0
+        second = run_and_wait(client, first_run["deployment"].id, {"spec": first_run["spec"]})
         assert second.state.type.value == "COMPLETED", second.state
         assert cached_cell_runs(client) == SMOKE_CELLS
+
+
+@pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="needs Debian's chromium and chromium-driver (.ci/run installs them)"
+)
+def test_the_ui_shows_the_report_artifact_of_the_run(served, first_run):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={served['home'] / 'chromium-profile'}")
+    browser = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    try:
+        ui = served["api_url"].removesuffix("/api")
+        browser.get(f"{ui}/runs/flow-run/{first_run['flow_run'].id}")
+        WebDriverWait(browser, 60).until(lambda b: "scaling-sweep" in b.page_source)
+        tab = WebDriverWait(browser, 30).until(
+            lambda b: next(
+                (e for e in b.find_elements(By.XPATH, "//*[not(*) and normalize-space(.)='Artifacts']")), None
+            )
+        )
+        tab.click()
+        WebDriverWait(browser, 60).until(lambda b: "report-smoke" in b.page_source)
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        browser.save_screenshot(str(SCREENSHOT))
+        assert SCREENSHOT.stat().st_size > 10_000
+    finally:
+        browser.quit()
