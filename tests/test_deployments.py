@@ -14,6 +14,8 @@ from conftest import SMOKE_CELLS, cli_env, runs_by_cell
 from deployments.serve import NIGHTLY_CRON, prefect_server
 from flows.spec import PRESETS
 
+pytestmark = pytest.mark.e2e
+
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 CHROMIUM_FLAGS = (

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import SMOKE_CELLS, run_cli, runs_by_cell
+
+pytestmark = pytest.mark.e2e
 
 COMPARED = "val_loss_nats, train_loss_nats, tokens_seen, params_nonembedding, status"
 
