@@ -1336,6 +1336,44 @@ def _predict_runs(result: FitResult, n: np.ndarray, d: np.ndarray) -> np.ndarray
     return result.predict(first_argument, d, C=compute)
 
 
+@dataclass(frozen=True, eq=False)
+class PredictionBands:
+    """Predicted loss with two different 95% bands, kept apart on purpose:
+    ``confidence``: where the fitted law itself lies (parameter uncertainty, from the bootstrap);
+    ``prediction``: where one new run's loss lies (the law's uncertainty plus run-to-run scatter,
+    taken from the fit's own log residuals)."""
+
+    predicted: np.ndarray
+    confidence: tuple[np.ndarray, np.ndarray]
+    prediction: tuple[np.ndarray, np.ndarray]
+
+
+def prediction_bands(fit: FitResult, N: ArrayLike, D: ArrayLike, level: float = 0.95) -> PredictionBands:
+    """Confidence and prediction bands of a bootstrapped Chinchilla fit at (N, D)."""
+    if fit.form != "chinchilla" or fit.samples is None:
+        raise ValueError("prediction_bands needs a chinchilla fit with bootstrap > 0; refit with bootstrap.")
+    n, d = np.broadcast_arrays(np.asarray(N, dtype=float), np.asarray(D, dtype=float))
+    names = ("E", "A", "B", "alpha", "beta")
+    draws = np.stack(
+        [
+            _predict_chinchilla(dict(zip(names, row, strict=True)), n, d, None)
+            for row in _parameter_rows(fit, names)
+        ]
+    )
+    tails = (100 * (1 - level) / 2, 100 * (1 + level) / 2)
+    with_scatter = draws[:, None, ...] * np.exp(fit.residuals)[None, :, *([None] * n.ndim)]
+    with_scatter = with_scatter.reshape(-1, *n.shape)
+    return PredictionBands(
+        predicted=fit.predict(n, d),
+        confidence=tuple(np.nanpercentile(draws, tails, axis=0)),
+        prediction=tuple(np.nanpercentile(with_scatter, tails, axis=0)),
+    )
+
+
+def _parameter_rows(fit: FitResult, names: tuple[str, ...]) -> np.ndarray:
+    return np.column_stack([fit.sample_column(name) for name in names])
+
+
 def extrapolation_check(
     N: ArrayLike, D: ArrayLike, loss: ArrayLike, *, threshold_compute: float, form: str = "chinchilla"
 ) -> ExtrapolationResult:

@@ -11,6 +11,7 @@ import pytest
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import huber, logsumexp
 
+from tasks import laws
 from tasks.laws import (
     FORMS,
     FitResult,
@@ -389,3 +390,23 @@ def test_other_validation_messages() -> None:
         isoflop_optima([], [], [])
     with pytest.raises(ValueError, match="needs a chinchilla fit"):
         compute_optimal(fit_power_law([1e6, 1e7, 1e8, 1e9], [3.0, 2.5, 2.2, 2.0], axis="N"), [1e20])
+
+
+def test_prediction_bands_keep_the_law_and_a_new_run_apart():
+    rng = np.random.default_rng(7)
+    truth = {"E": 1.8, "A": 400.0, "B": 2000.0, "alpha": 0.34, "beta": 0.37}
+    n = np.repeat(np.geomspace(1e6, 1e9, 6), 5)
+    d = np.tile(np.geomspace(1e8, 1e11, 5), 6)
+    clean = laws._predict_chinchilla(truth, n, d, None)
+    fit = laws.fit_chinchilla(n, d, clean * np.exp(rng.normal(0, 0.01, n.size)), bootstrap=200)
+    grid_n, grid_d = np.array([3e8, 2e9]), np.array([3e10, 4e11])
+    bands = laws.prediction_bands(fit, grid_n, grid_d)
+    conf_low, conf_high = bands.confidence
+    pred_low, pred_high = bands.prediction
+    assert np.all(pred_low <= conf_low) and np.all(conf_high <= pred_high)
+    assert np.all(pred_high - pred_low > conf_high - conf_low)
+    new_runs = laws._predict_chinchilla(truth, grid_n, grid_d, None) * np.exp(rng.normal(0, 0.01, (400, 2)))
+    inside = (new_runs >= pred_low) & (new_runs <= pred_high)
+    assert 0.85 < inside.mean() <= 1.0  # about 95% of new runs fall in the prediction band
+    with pytest.raises(ValueError, match="bootstrap"):
+        laws.prediction_bands(laws.fit_chinchilla(n, d, clean), grid_n, grid_d)
