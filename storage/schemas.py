@@ -134,6 +134,19 @@ EXTRAPOLATION = pa.schema(
     ]
 )
 
+ISOFLOP = pa.schema(
+    [
+        ("group", pa.int64()),
+        ("compute", pa.float64()),
+        ("n_points", pa.int64()),
+        ("N_opt", pa.float64()),
+        ("loss_at_opt", pa.float64()),
+        ("warning", pa.string()),
+        ("exponent_a", pa.float64()),
+        ("exponent_a_stderr", pa.float64()),
+    ]
+)
+
 
 def write_parquet(rows: list[dict[str, Any]] | pa.Table, schema: pa.Schema, path: Path) -> None:
     """Write rows with `schema`, tagging the file with the schema version."""

@@ -33,6 +33,7 @@ class SweepFits:
     skipped: dict[str, str]  # form -> why it was not fitted
     optimal: list[dict]  # compute-optimal allocation by budget, with bands when bootstrapped
     extrapolation: list[dict]  # held-out largest cells: observed against predicted loss
+    isoflop: list[dict]  # Chinchilla's Approach 2: per compute band, the parabola's N_opt
 
 
 def points_from_runs(rows: list[dict], params_kind: str, compute_kind: str) -> SweepPoints:
@@ -87,7 +88,12 @@ def fit_sweep(points: SweepPoints, bootstrap: int = 0, holdout_fraction: float =
         except ValueError as error:
             skipped[form] = str(error)
     return SweepFits(
-        points, fits, skipped, _optimal_rows(points, fits), _extrapolation_rows(points, holdout_fraction)
+        points,
+        fits,
+        skipped,
+        _optimal_rows(points, fits),
+        _extrapolation_rows(points, holdout_fraction),
+        _isoflop_rows(points),
     )
 
 
@@ -120,6 +126,32 @@ def _optimal_rows(points: SweepPoints, results: list[laws.FitResult]) -> list[di
             optimal.loss,
             strict=True,
         )
+    ]
+
+
+ISOFLOP_BANDS = 3  # a grid of N x D is not laid out on iso-FLOP lines: bin its compute instead
+
+
+def _isoflop_rows(points: SweepPoints) -> list[dict]:
+    """Approach 2 on compute bands of the grid; groups that cannot place a minimum say why."""
+    try:
+        result = laws.isoflop_optima(
+            points.N, points.D, points.loss, compute=points.C, n_groups=ISOFLOP_BANDS
+        )
+    except ValueError:
+        return []
+    return [
+        {
+            "group": i,
+            "compute": g.compute,
+            "n_points": g.n_points,
+            "N_opt": g.N_opt,
+            "loss_at_opt": g.loss_at_opt,
+            "warning": g.warning or None,
+            "exponent_a": result.a,
+            "exponent_a_stderr": result.a_stderr,
+        }
+        for i, g in enumerate(result.groups)
     ]
 
 
@@ -184,7 +216,11 @@ def fit_rows(fit_id: str, sweep: SweepFits) -> list[dict]:
 
 
 def load_sweep_fits(
-    run_rows: list[dict], fit_table_rows: list[dict], optimal: list[dict], extrapolation: list[dict]
+    run_rows: list[dict],
+    fit_table_rows: list[dict],
+    optimal: list[dict],
+    extrapolation: list[dict],
+    isoflop: list[dict],
 ) -> SweepFits:
     """Rebuild the fitted laws from the stored tables (estimates and intervals; no residuals)."""
     first = fit_table_rows[0]
@@ -211,7 +247,7 @@ def load_sweep_fits(
                 note=rows[0]["note"],
             )
         )
-    return SweepFits(points, results, skipped, optimal, extrapolation)
+    return SweepFits(points, results, skipped, optimal, extrapolation, isoflop)
 
 
 def law_text(fit: laws.FitResult) -> str:

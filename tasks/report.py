@@ -14,7 +14,14 @@ import numpy as np
 from tasks.fits import SweepFits, law_text
 
 COMPUTE_NAMES = {"6nd": "6·N·D", "with_attention": "6·N·D plus attention and unembedding terms"}
-PLOTS = ("loss_vs_N.png", "loss_vs_D.png", "compute_optimal.png", "residuals.png", "extrapolation.png")
+PLOTS = (
+    "loss_vs_N.png",
+    "loss_vs_D.png",
+    "compute_optimal.png",
+    "residuals.png",
+    "extrapolation.png",
+    "isoflop.png",
+)
 
 
 def render_report(name: str, sweep: SweepFits, rows: list[dict], out: Path) -> str:
@@ -25,6 +32,7 @@ def render_report(name: str, sweep: SweepFits, rows: list[dict], out: Path) -> s
     _plot_compute_optimal(sweep, out / PLOTS[2])
     _plot_residuals(sweep, out / PLOTS[3])
     _plot_extrapolation(sweep, out / PLOTS[4])
+    _plot_isoflop(sweep, out / PLOTS[5])
     return "\n".join(
         [
             f"# Scaling laws: sweep `{name}`",
@@ -43,6 +51,7 @@ def render_report(name: str, sweep: SweepFits, rows: list[dict], out: Path) -> s
             "",
             *_optimal_lines(sweep),
             *_extrapolation_lines(sweep),
+            *_isoflop_lines(sweep),
             "## Plots",
             "",
             *[f"![{plot}]({plot})" for plot in PLOTS],
@@ -111,6 +120,28 @@ def _extrapolation_lines(sweep: SweepFits) -> list[str]:
         f"(mean |error| {np.mean(np.abs(errors)):.2%}).",
         "",
     ]
+
+
+def _isoflop_lines(sweep: SweepFits) -> list[str]:
+    if not sweep.isoflop:
+        return []
+    first = sweep.isoflop[0]
+    lines = [
+        "## IsoFLOP profiles (Chinchilla's Approach 2, on compute bands of the grid)",
+        "",
+        f"N_opt ∝ C^{first['exponent_a']:.3f} ± {first['exponent_a_stderr']:.3f} across the usable bands."
+        if math.isfinite(first["exponent_a"])
+        else "Too few usable bands for an exponent.",
+        "",
+        "| compute band (FLOP) | cells | N_opt | loss at N_opt | warning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for g in sweep.isoflop:
+        lines.append(
+            f"| {g['compute']:.3g} | {g['n_points']} | {_number(g['N_opt'], '.3g')} "
+            f"| {_number(g['loss_at_opt'])} | {g['warning'] or ''} |"
+        )
+    return [*lines, ""]
 
 
 def _cell_table(rows: list[dict]) -> list[str]:
@@ -199,6 +230,26 @@ def _plot_extrapolation(sweep: SweepFits, path: Path) -> None:
     ax.set_xlabel("held-out cell's compute (FLOP)")
     ax.set_ylabel("predicted − observed (% of observed)")
     ax.set_title("Extrapolation: fit on smaller cells, predict the largest")
+    _save(figure, path)
+
+
+def _plot_isoflop(sweep: SweepFits, path: Path) -> None:
+    points = sweep.points
+    figure, ax = plt.subplots(figsize=(6, 3.5))
+    if sweep.isoflop:
+        edges = np.linspace(np.log(points.C).min(), np.log(points.C).max(), len(sweep.isoflop) + 1)
+        band = np.clip(np.searchsorted(edges, np.log(points.C), side="right") - 1, 0, len(sweep.isoflop) - 1)
+        colours = plt.cm.plasma(np.linspace(0, 0.85, len(sweep.isoflop)))
+        for group, colour in zip(sweep.isoflop, colours, strict=True):
+            mask = band == group["group"]
+            ax.scatter(points.N[mask], points.loss[mask], color=colour, label=f"C ≈ {group['compute']:.2g}")
+            if group["N_opt"] is not None and math.isfinite(group["N_opt"]):
+                ax.axvline(group["N_opt"], color=colour, ls="--", lw=1)
+        ax.legend(fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("N (parameters)")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title("IsoFLOP bands; dashed: each band's parabola minimum")
     _save(figure, path)
 
 

@@ -25,7 +25,9 @@ from tasks import corpus, tokens
 from tasks.cell import CellPlan, Checkpoints, plan_columns
 from tasks.model import ModelShape
 
-CODE_VERSION = "2026.11.1"  # bump when a change alters any artifact's content
+# Bump a step's version when a code change alters its artifact: only that step and those
+# downstream of it are redone (a change to the fitting does not retrain any cell).
+CODE_VERSIONS = {"clean": 1, "vocab": 1, "tokens": 1, "cells": 1, "fits": 2, "reports": 2}
 NOT_IDENTITY = frozenset({"store", "threads", "checkpoint_seconds"})  # parameters that do not change a result
 
 Record = dict[str, Any]
@@ -33,7 +35,7 @@ Record = dict[str, Any]
 
 def step_fingerprint(kind: str, params: dict[str, Any]) -> str:
     identity = {k: v for k, v in params.items() if k not in NOT_IDENTITY}
-    return fingerprint(kind, {"code": CODE_VERSION, **identity})
+    return fingerprint(kind, {"code": CODE_VERSIONS[kind], **identity})
 
 
 def reusable(record: Record | None) -> bool:
@@ -252,13 +254,14 @@ def fit_laws(
         schemas.write_parquet(fits.fit_rows(fp, sweep), schemas.FITS, out / "fits.parquet")
         schemas.write_parquet(sweep.optimal, schemas.OPTIMAL, out / "optimal.parquet")
         schemas.write_parquet(sweep.extrapolation, schemas.EXTRAPOLATION, out / "extrapolation.parquet")
+        schemas.write_parquet(sweep.isoflop, schemas.ISOFLOP, out / "isoflop.parquet")
         laws_text = {f.form: fits.law_text(f) for f in sweep.fits}
         return {"laws": laws_text, "skipped": sweep.skipped, "excluded": points.excluded}
 
     return _materialize("fits", params, build)
 
 
-FIT_TABLES = ("fits", "optimal", "extrapolation")
+FIT_TABLES = ("fits", "optimal", "extrapolation", "isoflop")
 
 
 @artifact_task("reports")
