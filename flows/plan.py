@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from flows.spec import SweepSpec
-from tasks.cell import CellPlan, batch_size_for
+from tasks.cell import CellPlan, batch_size_for, lr_for_size
 from tasks.corpus import source_version
 from tasks.errors import InputError
 from tasks.model import ModelShape, shape_for_params, training_flops_per_token
@@ -23,9 +23,11 @@ def cell_plans(spec: SweepSpec, vocab_size: int, train_tokens: int, val_tokens: 
             f"corpus: the validation split has {val_tokens} tokens, fewer than one context window "
             f"({context}); add text, raise corpus.val_fraction or lower train.context."
         )
+    train = spec.train
     plans = []
     for size in spec.grid.model_sizes:
         shape = model_shape(size)
+        lr = lr_for_size(shape.params_nonembedding()) if train.lr == "rule" else train.lr
         for tokens_target in spec.grid.tokens:
             _check_epochs(spec, tokens_target, train_tokens)
             for seed in spec.grid.seeds:
@@ -37,21 +39,25 @@ def cell_plans(spec: SweepSpec, vocab_size: int, train_tokens: int, val_tokens: 
                         context=context,
                         tokens_target=tokens_target,
                         batch_size=batch_size_for(
-                            tokens_target, context, spec.train.batch_size, spec.train.min_steps
+                            tokens_target,
+                            context,
+                            train.batch_size_by_size.get(size, train.batch_size),
+                            train.min_steps,
                         ),
                         seed=seed,
-                        lr=spec.train.lr_by_size.get(size, spec.train.lr)
-                        if isinstance(size, int)
-                        else spec.train.lr,
-                        warmup_fraction=spec.train.warmup_fraction,
-                        min_lr_ratio=spec.train.min_lr_ratio,
-                        weight_decay=spec.train.weight_decay,
-                        beta1=spec.train.beta1,
-                        beta2=spec.train.beta2,
-                        grad_clip=spec.train.grad_clip,
+                        lr=train.lr_by_size.get(size, lr),
+                        warmup_fraction=train.warmup_fraction,
+                        min_lr_ratio=train.min_lr_ratio,
+                        weight_decay=train.weight_decay,
+                        beta1=train.beta1,
+                        beta2=train.beta2_by_size.get(size, train.beta2),
+                        grad_clip=train.grad_clip,
                         val_tokens=spec.eval.val_tokens,
                         sample_prompt=spec.eval.sample_prompt,
                         sample_tokens=spec.eval.sample_tokens,
+                        warmup_tokens_per_param=train.warmup_tokens_per_param,
+                        bf16_min_params=train.bf16_min_params,
+                        compile=train.compile,
                     )
                 )
     return sorted(plans, key=training_cost, reverse=True)

@@ -57,19 +57,49 @@ class GridSpec(_Strict):
 class TrainSpec(_Strict):
     context: Annotated[int, Field(ge=8, le=8192)] = 128
     batch_size: Annotated[int, Field(ge=1)] = Field(32, description="Largest batch (sequences per step).")
+    batch_size_by_size: dict[int, Annotated[int, Field(ge=1)]] = Field(
+        {}, description="Largest batch for particular grid.model_sizes targets (N), overriding batch_size."
+    )
     min_steps: Annotated[int, Field(ge=1)] = Field(
         50, description="Cells with little data use smaller batches so they take at least this many steps."
     )
-    lr: Annotated[float, Field(gt=0, lt=1)] = 3e-3
+    lr: Annotated[float, Field(gt=0, lt=1)] | Literal["rule"] = Field(
+        "rule",
+        description="Peak learning rate, or 'rule': 0.45·N^-0.36 for N non-embedding parameters "
+        "(Porian et al. 2024's exponent, our constant; see tasks.cell.lr_for_size).",
+    )
     lr_by_size: dict[int, Annotated[float, Field(gt=0)]] = Field(
         {}, description="Learning rate for particular grid.model_sizes targets (N), overriding lr."
     )
-    warmup_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    warmup_tokens_per_param: Annotated[float, Field(ge=0)] = Field(
+        1.0, description="Warm up for this many tokens per model parameter (Porian et al. 2024 use 1)."
+    )
+    warmup_fraction: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.05, description="Warmup never takes more than this share of a cell's steps."
+    )
     min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = Field(0.1, description="Cosine decays to lr * this.")
     weight_decay: Annotated[float, Field(ge=0)] = 0.1
     beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
     beta2: Annotated[float, Field(ge=0, lt=1)] = 0.95
+    beta2_by_size: dict[int, Annotated[float, Field(ge=0, lt=1)]] = Field(
+        {}, description="AdamW beta2 for particular grid.model_sizes targets (N), overriding beta2."
+    )
     grad_clip: Annotated[float, Field(gt=0)] = 1.0
+    bf16_min_params: Annotated[int, Field(ge=0)] | None = Field(
+        2_000_000,
+        description="Train models of at least this many non-embedding parameters in bf16 autocast, on "
+        "machines whose bf16 matmuls beat fp32 (smaller models gain nothing); null: always fp32.",
+    )
+    compile: bool = Field(False, description="torch.compile the model (15-25 s per shape before it pays).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lr_is_a_rate_or_the_rule(cls, data: object) -> object:
+        """One sentence for a bad lr, not one per member of its union type."""
+        lr = data.get("lr", "rule") if isinstance(data, dict) else "rule"
+        if lr != "rule" and not (type(lr) in (int, float) and 0 < lr < 1):
+            raise ValueError(f"lr {lr!r} is neither a number between 0 and 1 nor 'rule'; give one of those")
+        return data
 
 
 class EvalSpec(_Strict):
@@ -126,13 +156,15 @@ class SweepSpec(_Strict):
     execution: ExecutionSpec = ExecutionSpec()
 
     @model_validator(mode="after")
-    def _lr_sizes_are_in_the_grid(self) -> SweepSpec:
-        unknown = set(self.train.lr_by_size) - {s for s in self.grid.model_sizes if isinstance(s, int)}
-        if unknown:
-            raise ValueError(
-                f"train.lr_by_size names sizes {sorted(unknown)} that are not in grid.model_sizes; "
-                "use the grid's target sizes as keys"
-            )
+    def _per_size_settings_name_grid_sizes(self) -> SweepSpec:
+        sizes = {s for s in self.grid.model_sizes if isinstance(s, int)}
+        for field in ("lr_by_size", "batch_size_by_size", "beta2_by_size"):
+            unknown = set(getattr(self.train, field)) - sizes
+            if unknown:
+                raise ValueError(
+                    f"train.{field} names sizes {sorted(unknown)} that are not in grid.model_sizes; "
+                    "use the grid's target sizes as keys"
+                )
         return self
 
     @model_validator(mode="after")

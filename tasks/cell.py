@@ -8,6 +8,9 @@ from pathlib import Path
 
 from tasks.model import ModelShape
 
+LR_RULE_CONSTANT = 0.45  # from our own sweep: see lr_for_size
+LR_RULE_EXPONENT = 0.36  # Porian et al. 2024, Fig. 3
+
 
 @dataclass(frozen=True)
 class CellPlan:
@@ -30,18 +33,50 @@ class CellPlan:
     val_tokens: int
     sample_prompt: str
     sample_tokens: int
+    warmup_tokens_per_param: float = 1.0
+    bf16_min_params: int | None = None  # None: always fp32
+    compile: bool = False
 
     @property
     def steps(self) -> int:
-        return max(1, round(self.tokens_target / (self.batch_size * self.context)))
+        return max(1, round(self.tokens_target / self.tokens_per_step))
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.context
 
     @property
     def warmup_steps(self) -> int:
-        return round(self.warmup_fraction * self.steps)
+        """Warmup for as many tokens as the model has parameters, as Porian et al. (2024, §3.3) do, but
+        for no more than `warmup_fraction` of the cell's steps (the share that rule gives a cell of
+        20 tokens per parameter). Parameters count the tied embedding: in models this small the head
+        holds much of them, often most, and does much of the work. Porian et al. found Kaplan et al.'s
+        fixed 3000-step warmup, far too long for small models, to be one cause of Kaplan's law."""
+        by_params = math.ceil(
+            self.warmup_tokens_per_param * self.shape.params_total(self.vocab_size) / self.tokens_per_step
+        )
+        return min(by_params, round(self.warmup_fraction * self.steps))
 
     @property
     def tokens_seen(self) -> int:
-        return self.steps * self.batch_size * self.context
+        return self.steps * self.tokens_per_step
+
+
+def lr_for_size(params_nonembedding: int) -> float:
+    """The rule's peak learning rate for a model of N non-embedding parameters: 0.45·N^-0.36.
+
+    The exponent is Porian et al.'s (2024, "Resolving discrepancies in compute-optimal scaling of
+    language models", Fig. 3) fit of the best AdamW learning rate over 5M-901M-parameter models,
+    LR = 3.7·N^-0.36. Their constant belongs to their far larger batches and gives 0.096 at 25k
+    parameters, eight times too high here. Ours comes from one-seed sweeps on the sotu corpus at vocab
+    4096, context 128, batch 32 and 400k tokens: at 25k parameters the held-out loss was 6.61, 6.35,
+    6.10, 6.04 and 6.10 nats at lr 1.8e-3, 3e-3, 6e-3, 1.2e-2 and 2.4e-2; at 160k it was 5.79, 5.67
+    and 5.84 at 3e-3, 6e-3 and 1.2e-2. The rule passes through both optima (1.2e-2, 6.0e-3); µP's
+    1/width scaling gives about the same slope over these widths. At 1M parameters and only 300k
+    tokens 5.4e-3 (5.87 nats) beat 2.7e-3 (5.99), near the rule's 3.1e-3: cells that short favour
+    larger rates, and `lr_by_size` overrides the rule where a sweep says so.
+    """
+    return LR_RULE_CONSTANT * params_nonembedding**-LR_RULE_EXPONENT
 
 
 def batch_size_for(tokens_target: int, context: int, largest_batch: int, min_steps: int) -> int:
@@ -75,6 +110,7 @@ def plan_columns(plan: CellPlan) -> dict:
         "tokens_target": plan.tokens_target,
         "lr": plan.lr,
         "warmup_steps": plan.warmup_steps,
+        "beta2": plan.beta2,
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,9 @@ HEAD_DIM_SMALL = 16  # d_model below 256
 HEAD_DIM_LARGE = 64
 TARGET_ASPECT = 32.0  # d_model / n_layers; Kaplan et al. find loss flat over 20-200
 SIZE_TOLERANCE = math.log(1.15)
+CEILING_MATMUL_SIZE = 512  # reaches the BLAS peak on one core: 110 GFLOP/s here, 112 at 1024
+CEILING_REPEATS = 20  # the best of many: on a shared machine some runs lose the core
+BF16_MIN_SPEEDUP = 1.5  # bf16 autocast also casts and keeps fp32 masters; it needs a clear matmul win
 
 
 @dataclass(frozen=True)
@@ -106,3 +110,29 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     embedding = model.get_input_embeddings().weight.numel()
     return total - embedding, total
+
+
+@functools.cache
+def matmul_flops_per_second(dtype: str) -> float:
+    """This process's matmul ceiling in `dtype` ("float32" or "bfloat16"): the best of a few timed
+    square matmuls, measured once per process with the thread count set at the time."""
+    import torch
+
+    a = torch.randn(CEILING_MATMUL_SIZE, CEILING_MATMUL_SIZE).to(getattr(torch, dtype))
+    torch.mm(a, a)  # first call pays one-off kernel selection
+    best_seconds = math.inf
+    for _ in range(CEILING_REPEATS):
+        started = time.perf_counter()
+        torch.mm(a, a)
+        best_seconds = min(best_seconds, time.perf_counter() - started)
+    return 2 * CEILING_MATMUL_SIZE**3 / best_seconds
+
+
+def model_flops_utilization(tokens_per_second: float, flops_per_token: float, dtype: str) -> float:
+    """Achieved training FLOP/s as a share of the measured matmul ceiling in `dtype`."""
+    return tokens_per_second * flops_per_token / matmul_flops_per_second(dtype)
+
+
+def bf16_pays() -> bool:
+    """Whether this machine's bf16 matmuls beat fp32 ones (CPUs without bf16 units emulate them)."""
+    return matmul_flops_per_second("bfloat16") > BF16_MIN_SPEEDUP * matmul_flops_per_second("float32")

@@ -7,15 +7,24 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from tasks.cell import CellPlan, Checkpoints, lr_multiplier, plan_columns
-from tasks.model import build_model, count_params, training_flops_per_token
+from tasks.model import (
+    bf16_pays,
+    build_model,
+    count_params,
+    model_flops_utilization,
+    training_flops_per_token,
+)
 
 DIVERGENCE_FACTOR = 2.0  # a loss above this times the uniform-guess loss counts as exploding
+HEAD_CHUNK_LOGITS = 2**19  # logits per chunk of the head's loss: 2 MB in fp32, so they stay in cache
+
+Precision = Literal["float32", "bfloat16"]
 
 
 def windows(stream: np.ndarray, context: int) -> np.ndarray:
@@ -65,13 +74,11 @@ def train_cell(
     A diverged run is reported in the outcome, not raised.
     """
     model = build_model(plan.shape, plan.vocab_size, plan.context, plan.seed)
+    learner = make_learner(model, plan)
     train_windows = windows(train_stream, plan.context)
     order = sequence_order(len(train_windows), plan.steps * plan.batch_size, plan.seed)
-    optimizer = _optimizer(model, plan)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_multiplier(s, plan.steps, plan.warmup_steps, plan.min_lr_ratio)
-    )
-    progress = _resume(checkpoints, model, optimizer, schedule)
+    schedule = lr_schedule(learner.optimizer, plan)
+    progress = _resume(checkpoints, model, learner.optimizer, schedule)
     resumed_from_step = progress.step
     explode_at = DIVERGENCE_FACTOR * math.log(plan.vocab_size)
     curve_every = max(1, plan.steps // 50)
@@ -80,16 +87,10 @@ def train_cell(
     started = last_save = time.perf_counter()
     for step in range(progress.step, plan.steps):
         rows = order[step * plan.batch_size : (step + 1) * plan.batch_size]
-        batch = torch.from_numpy(train_windows[rows].astype(np.int64))
-        loss = _next_token_loss(model, batch)
-        loss_value = loss.item()
+        loss_value = learner.step(torch.from_numpy(train_windows[rows].astype(np.int64)))
         if not math.isfinite(loss_value) or loss_value > explode_at:
             diverged_step = step
             break
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), plan.grad_clip)
-        optimizer.step()
         schedule.step()
         progress.interval_losses.append(loss_value)
         if (step + 1) % curve_every == 0 or step + 1 == plan.steps:
@@ -101,10 +102,10 @@ def train_cell(
             progress.step = step + 1
             progress.train_seconds += time.perf_counter() - started
             started = last_save = time.perf_counter()
-            _save_checkpoint(checkpoints.path, model, optimizer, schedule, progress)
+            _save_checkpoint(checkpoints.path, model, learner.optimizer, schedule, progress)
     train_seconds = progress.train_seconds + time.perf_counter() - started
     steps_done = plan.steps if diverged_step is None else diverged_step
-    row = _result_row(plan, model, train_stream, steps_done, train_seconds, progress.curve)
+    row = _result_row(plan, learner, train_stream, steps_done, train_seconds, progress.curve)
     row["resumed_from_step"] = resumed_from_step
     if diverged_step is not None:
         error = f"loss {loss_value:.4g} at step {diverged_step}"
@@ -113,6 +114,115 @@ def train_cell(
     row |= evaluate(model, val_stream, token_bytes, plan.context, plan.val_tokens)
     model.save_pretrained(model_dir)
     return CellOutcome(row, progress.curve)
+
+
+@dataclass(frozen=True)
+class Learner:
+    """What one training step touches. `body` is the decoder without its head (compiled or not);
+    the head is the tied embedding, whose loss `TiedHeadLoss` takes a chunk of tokens at a time."""
+
+    model: torch.nn.Module
+    body: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    params: list[torch.nn.Parameter]
+    grad_clip: float
+    precision: Precision
+
+    def step(self, batch: torch.Tensor) -> float:
+        """One optimizer step on a (batch, context + 1) block of token ids; returns the mean loss."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
+            hidden = self.body(input_ids=batch[:, :-1]).last_hidden_state
+        # the head stays fp32, outside autocast: its in-place steps must not meet bf16 operands
+        loss = TiedHeadLoss.apply(
+            hidden.reshape(-1, hidden.shape[-1]).float(),
+            self.model.lm_head.weight,
+            batch[:, 1:].reshape(-1),
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.optimizer.step()
+        return loss.item()
+
+
+def make_learner(model: torch.nn.Module, plan: CellPlan) -> Learner:
+    body = torch.compile(model.model) if plan.compile else model.model
+    return Learner(
+        model,
+        body,
+        make_optimizer(model, plan),
+        list(model.parameters()),
+        plan.grad_clip,
+        precision_for(plan),
+    )
+
+
+def precision_for(plan: CellPlan) -> Precision:
+    """bf16 autocast for models from `plan.bf16_min_params` non-embedding parameters up, on machines
+    whose bf16 matmuls beat fp32: below that size bf16 gains nothing (the step is memory-bound)."""
+    large = plan.bf16_min_params is not None and plan.shape.params_nonembedding() >= plan.bf16_min_params
+    return "bfloat16" if large and bf16_pays() else "float32"
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, plan: CellPlan) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_multiplier(s, plan.steps, plan.warmup_steps, plan.min_lr_ratio)
+    )
+
+
+class TiedHeadLoss(torch.autograd.Function):
+    """Mean cross-entropy of the logits `hidden @ weight.T` against `targets`, a chunk of tokens at a time.
+
+    The full logits (tokens x vocab floats: 67 MB for 32 x 128 tokens at vocab 4096) never exist. Each
+    chunk's gradient is taken in the forward pass while its logits are still in cache; this replaces
+    the passes of log-softmax, of the zero-filled one-hot and the page faults of fresh 67 MB buffers,
+    which took more than half of a 25k-parameter model's step. For training only: its forward already
+    pays for the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight)
+        loss_sum = hidden.new_zeros(())
+        rows = max(1, HEAD_CHUNK_LOGITS // weight.shape[0])
+        for start in range(0, len(hidden), rows):
+            chunk, target = hidden[start : start + rows], targets[start : start + rows]
+            logits = chunk @ weight.T
+            target_logits = logits.gather(1, target[:, None])
+            peak = logits.amax(dim=1, keepdim=True)
+            exp = logits.sub_(peak).exp_()
+            total = exp.sum(dim=1, keepdim=True)
+            loss_sum += (total.log() + peak - target_logits).sum()
+            # d loss / d logits = exp / total - one_hot(target); 1/total scales the narrow operand
+            inverse = total.reciprocal_()
+            grad_chunk = torch.mm(exp, weight, out=grad_hidden[start : start + rows])
+            grad_chunk.mul_(inverse).sub_(weight[target])
+            grad_weight.addmm_(exp.T, chunk * inverse)
+            grad_weight.index_add_(0, target, chunk, alpha=-1.0)
+        ctx.save_for_backward(grad_hidden.div_(len(hidden)), grad_weight.div_(len(hidden)))
+        return loss_sum / len(hidden)
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_loss, grad_weight * grad_loss, None
+
+
+@torch.no_grad()
+def next_token_nats(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Loss in nats of each next token of a (batch, context + 1) block: (batch, context)."""
+    hidden = model.model(input_ids=batch[:, :-1]).last_hidden_state
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    targets = batch[:, 1:].reshape(-1)
+    weight = model.lm_head.weight
+    rows = max(1, HEAD_CHUNK_LOGITS // weight.shape[0])
+    nats = []
+    for start in range(0, len(hidden), rows):
+        logits = hidden[start : start + rows] @ weight.T
+        target_logits = logits.gather(1, targets[start : start + rows, None]).squeeze(1)
+        nats.append(logits.logsumexp(dim=1) - target_logits)
+    return torch.cat(nats).view(len(batch), -1)
 
 
 def _save_checkpoint(path: Path, model, optimizer, schedule, progress: Progress) -> None:
@@ -143,19 +253,15 @@ def _resume(checkpoints: Checkpoints | None, model, optimizer, schedule) -> Prog
     return Progress(**state["progress"])
 
 
-def _optimizer(model: torch.nn.Module, plan: CellPlan) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, plan: CellPlan) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only; fused: one kernel per parameter, not ten."""
     matrices = [p for p in model.parameters() if p.dim() >= 2]
     vectors = [p for p in model.parameters() if p.dim() < 2]
     groups = [
         {"params": matrices, "weight_decay": plan.weight_decay},
         {"params": vectors, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=plan.lr, betas=(plan.beta1, plan.beta2))
-
-
-def _next_token_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    logits = model(input_ids=batch[:, :-1], use_cache=False).logits
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
+    return torch.optim.AdamW(groups, lr=plan.lr, betas=(plan.beta1, plan.beta2), fused=True)
 
 
 def _curve_point(plan: CellPlan, step: int, losses: list[float], lr: float) -> dict:
@@ -168,11 +274,12 @@ def _curve_point(plan: CellPlan, step: int, losses: list[float], lr: float) -> d
 
 
 def _result_row(
-    plan: CellPlan, model: torch.nn.Module, train_stream: np.ndarray, steps: int, seconds: float, curve: list
+    plan: CellPlan, learner: Learner, train_stream: np.ndarray, steps: int, seconds: float, curve: list
 ) -> dict:
-    params_nonembedding, params_total = count_params(model)
+    params_nonembedding, params_total = count_params(learner.model)
     tokens_seen = steps * plan.batch_size * plan.context
     flops = training_flops_per_token(plan.shape, plan.vocab_size, plan.context)
+    tokens_per_second = tokens_seen / seconds if seconds > 0 else None
     return plan_columns(plan) | {
         "status": "ok",
         "error": None,
@@ -186,7 +293,12 @@ def _result_row(
         "compute_with_attention": flops["with_attention"] * tokens_seen,
         "train_loss_nats": curve[-1]["train_loss_nats"] if curve else None,
         "train_seconds": seconds,
-        "tokens_per_second": tokens_seen / seconds if seconds > 0 else None,
+        "tokens_per_second": tokens_per_second,
+        "mfu": model_flops_utilization(tokens_per_second, flops["with_attention"], learner.precision)
+        if tokens_per_second
+        else None,
+        "precision": learner.precision,
+        "compiled": plan.compile,
     }
 
 
@@ -200,9 +312,7 @@ def evaluate(
     window_nats = []
     for start in range(0, len(val_windows), 16):
         batch = torch.from_numpy(val_windows[start : start + 16].astype(np.int64))
-        logits = model(input_ids=batch[:, :-1], use_cache=False).logits
-        nats = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
-        window_nats.append(nats.sum(dim=1).double().numpy())
+        window_nats.append(next_token_nats(model, batch).sum(dim=1).double().numpy())
     nats_per_window = np.concatenate(window_nats)
     n_tokens = len(val_windows) * context
     loss = float(nats_per_window.sum() / n_tokens)

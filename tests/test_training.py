@@ -3,13 +3,26 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import make_documents
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
+from flows.plan import cell_plans
+from flows.spec import PRESETS, GridSpec, SpecError, SweepSpec, TrainSpec, validate_spec
 from tasks import tokens
-from tasks.cell import CellPlan, Checkpoints, batch_size_for, lr_multiplier
+from tasks.cell import CellPlan, Checkpoints, batch_size_for, lr_for_size, lr_multiplier
 from tasks.model import ModelShape, build_model, count_params, shape_for_params
-from tasks.train import evaluate, generate_sample, sequence_order, train_cell, windows
+from tasks.train import (
+    TiedHeadLoss,
+    evaluate,
+    generate_sample,
+    lr_schedule,
+    next_token_nats,
+    precision_for,
+    sequence_order,
+    train_cell,
+    windows,
+)
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +130,7 @@ def test_training_is_deterministic_and_saved_model_generates(streams, tokenizer,
     assert first.curve[-1]["train_loss_nats"] < first.curve[0]["train_loss_nats"]
     assert first.row["val_loss_nats"] < math.log(300)
     assert first.row["tokens_seen"] == first.row["steps"] * 8 * 32
+    assert first.row["precision"] == "float32" and 0 < first.row["mfu"] < 1
     other_seed = train_cell(tiny_plan(seed=1), train, val, token_bytes, tmp_path / "c")
     assert other_seed.row["val_loss_nats"] != first.row["val_loss_nats"]
 
@@ -179,3 +193,95 @@ def test_a_killed_cell_continues_from_its_checkpoint_to_identical_numbers(stream
     assert uninterrupted.row["resumed_from_step"] == 0
     assert resumed.row["val_loss_nats"] == uninterrupted.row["val_loss_nats"]
     assert resumed.curve == uninterrupted.curve
+
+
+def test_tied_head_loss_matches_full_logits_cross_entropy():
+    torch.manual_seed(0)
+    hidden = torch.randn(300, 16, requires_grad=True)  # 300 rows: more than one chunk, the last one short
+    weight = (torch.randn(5000, 16) * 0.5).requires_grad_()
+    targets = torch.randint(0, 5000, (300,))
+    expected = F.cross_entropy(hidden @ weight.T, targets)
+    expected_grads = torch.autograd.grad(expected, (hidden, weight))
+    loss = TiedHeadLoss.apply(hidden, weight, targets)
+    grads = torch.autograd.grad(loss, (hidden, weight))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-8)
+
+
+def test_per_token_nats_match_the_models_own_logits():
+    model = build_model(ModelShape(16, 1), 300, 32, seed=0)
+    batch = torch.randint(0, 300, (3, 33))
+    logits = model(input_ids=batch[:, :-1]).logits
+    expected = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
+    torch.testing.assert_close(next_token_nats(model, batch), expected)
+
+
+def test_lr_rule_falls_as_n_to_the_minus_0_36_through_the_measured_optima():
+    assert lr_for_size(25_000) == pytest.approx(1.2e-2, rel=0.05)
+    assert lr_for_size(160_000) == pytest.approx(6.0e-3, rel=0.05)
+    assert lr_for_size(8_000) / lr_for_size(1_000) == pytest.approx(8**-0.36)
+
+
+def schedule_values(plan: CellPlan, steps: int, state: dict | None = None) -> tuple[list[float], dict]:
+    """The learning rate of each of `steps` optimizer steps (as train_cell steps the schedule)."""
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=plan.lr)
+    schedule = lr_schedule(optimizer, plan)
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+    values = []
+    for _ in range(steps):
+        values.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return values, {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}
+
+
+def test_warmup_is_n_tokens_at_most_the_fraction_and_cosine_ends_on_the_floor():
+    plan = tiny_plan(tokens_target=512_000, warmup_fraction=0.05)  # 63 tokens per parameter
+    assert plan.warmup_steps == math.ceil(plan.shape.params_total(300) / (8 * 32))
+    values, _ = schedule_values(plan, plan.steps)
+    assert len(values) == plan.steps and plan.steps * 8 * 32 == plan.tokens_seen == 512_000
+    assert values[0] == pytest.approx(plan.lr / plan.warmup_steps)
+    assert max(values) == pytest.approx(plan.lr) == values[plan.warmup_steps - 1]
+    assert values[-1] == pytest.approx(plan.lr * plan.min_lr_ratio)
+    short = tiny_plan(tokens_target=25_600)  # 100 steps, 3 tokens per parameter: the 10% cap binds
+    assert short.warmup_steps == 10
+    assert tiny_plan(warmup_tokens_per_param=0.0).warmup_steps == 0
+
+
+def test_a_resumed_schedule_continues_with_the_same_learning_rates():
+    plan = tiny_plan(tokens_target=30_000)
+    whole, _ = schedule_values(plan, plan.steps)
+    first, state = schedule_values(plan, 40)
+    rest, _ = schedule_values(plan, plan.steps - 40, state)
+    assert first + rest == whole
+
+
+def test_per_size_overrides_and_the_rule_reach_the_cells():
+    train = TrainSpec(lr_by_size={20_000: 0.02}, batch_size_by_size={80_000: 8}, beta2_by_size={80_000: 0.99})
+    spec = SweepSpec(grid=GridSpec(model_sizes=[20_000, 80_000], tokens=[640_000]), train=train)
+    by_size = {p.params_target: p for p in cell_plans(spec, 4096, 10**7, 10**6)}
+    assert by_size[20_000].lr == 0.02 and by_size[20_000].batch_size == 32 and by_size[20_000].beta2 == 0.95
+    rule = lr_for_size(by_size[80_000].shape.params_nonembedding())
+    assert by_size[80_000].lr == rule and by_size[80_000].batch_size == 8 and by_size[80_000].beta2 == 0.99
+    fixed = spec.model_copy(update={"train": TrainSpec(lr=3e-3)})
+    assert {p.lr for p in cell_plans(fixed, 4096, 10**7, 10**6)} == {3e-3}
+    assert {p.lr for p in cell_plans(PRESETS["smoke"], 512, 10**6, 10**5)} == {5e-3}
+
+
+def test_bf16_only_for_large_models_on_machines_where_it_pays(monkeypatch):
+    monkeypatch.setattr("tasks.train.bf16_pays", lambda: True)
+    assert precision_for(tiny_plan(bf16_min_params=1000)) == "bfloat16"
+    assert precision_for(tiny_plan(bf16_min_params=10**6)) == "float32"
+    assert precision_for(tiny_plan(bf16_min_params=None)) == "float32"
+    monkeypatch.setattr("tasks.train.bf16_pays", lambda: False)
+    assert precision_for(tiny_plan(bf16_min_params=1000)) == "float32"
+
+
+def test_a_bad_lr_gets_one_sentence():
+    with pytest.raises(
+        SpecError, match=r"^spec field train: lr 'fast' is neither .* nor 'rule'; give one of those\.$"
+    ):
+        validate_spec({"grid": {"model_sizes": [3000], "tokens": [8192]}, "train": {"lr": "fast"}})
