@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
+    create_link_artifact,
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
@@ -23,6 +25,7 @@ from flows.spec import PRESETS, ExecutionSpec, SweepSpec
 from flows.status import grid_artifact_rows
 from storage.store import Store, fingerprint
 from tasks import steps
+from tasks.report import with_inline_images
 
 ProgressCallback = Callable[[int, int, dict[str, Any]], None]
 _progress_listeners: list[ProgressCallback] = []
@@ -112,8 +115,14 @@ def fit_and_report(
     report = run_step(
         steps.write_report, store=store, sweep_name=sweep_name, cell_ids=cell_ids, fits_fp=fits["fp"]
     )
+    report_path = Path(report["path"])
     create_markdown_artifact(
-        report["markdown"], key=f"report-{sweep_name.lower()}", description="Scaling-law report"
+        with_inline_images(report["markdown"], report_path.parent),
+        key=f"report-{sweep_name.lower()}",
+        description="Scaling-law report",
+    )
+    create_link_artifact(
+        report_path.parent.as_uri(), link_text=f"{report_path.parent} (report and plots)", key="report-files"
     )
     return fits, report
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import math
 from pathlib import Path
 
@@ -61,6 +62,14 @@ def render_report(name: str, sweep: SweepFits, rows: list[dict], out: Path) -> s
             *_cell_table(rows),
         ]
     )
+
+
+def with_inline_images(markdown: str, folder: Path) -> str:
+    """The report with its plots embedded as data URIs, so that Prefect's UI shows them."""
+    for plot in PLOTS:
+        encoded = base64.b64encode((folder / plot).read_bytes()).decode()
+        markdown = markdown.replace(f"]({plot})", f"](data:image/png;base64,{encoded})")
+    return markdown
 
 
 def _kind_of_n(sweep: SweepFits) -> str:

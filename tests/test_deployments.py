@@ -124,7 +124,7 @@ def test_sweep_deployment_runs_from_the_api_and_reruns_cached(served, first_run)
 @pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="needs Debian's chromium and chromium-driver (.ci/run installs them)"
 )
-def test_the_ui_shows_the_report_artifact_of_the_run(served, first_run):
+def test_the_ui_shows_the_report_artifact_and_its_plots(served, first_run):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -150,5 +150,12 @@ def test_the_ui_shows_the_report_artifact_of_the_run(served, first_run):
         SCREENSHOT.parent.mkdir(exist_ok=True)
         browser.save_screenshot(str(SCREENSHOT))
         assert SCREENSHOT.stat().st_size > 10_000
+        browser.find_element(By.XPATH, "//*[not(*) and normalize-space(.)='report-smoke']").click()
+        plots = WebDriverWait(browser, 60).until(
+            lambda b: [
+                i for i in b.find_elements(By.TAG_NAME, "img") if i.get_attribute("src").startswith("data:")
+            ]
+        )
+        assert len(plots) == 6 and all(plot.size["width"] > 100 for plot in plots)
     finally:
         browser.quit()
