@@ -159,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
             failure = None
         except CellsFailed as error:
             summary, failure = None, error
-    _print_cells(Store(spec.execution.store), spec)
+    _print_cells(spec)
     if summary is not None:
         _print_laws(summary["fits"])
         console.print(f"report: {summary['report']}")
@@ -178,7 +178,7 @@ def _print_laws(fits: dict) -> None:
         console.print(f"  {form:16s} not fitted: {why}", highlight=False)
 
 
-def _print_cells(store: Store, spec: SweepSpec) -> None:
+def _print_cells(spec: SweepSpec) -> None:
     from flows.status import grid_status
 
     cells = grid_status(spec)

@@ -41,7 +41,8 @@ def grid_status(spec: SweepSpec) -> list[CellState]:
         "tokens", step_fingerprint("tokens", tokens_params(root, corpus["fp"], vocab["fp"]))
     )
     if not tokens:
-        return [_missing(plan) for plan in cell_plans(spec, spec.vocab.size, 2**62, 2**62)]
+        unknown_size = 2**62  # the data is not tokenized yet: list the grid without the size checks
+        return [_missing(plan) for plan in cell_plans(spec, spec.vocab.size, unknown_size, unknown_size)]
     plans = cell_plans(spec, vocab["vocab_size"], tokens["train_tokens"], tokens["val_tokens"])
     states = []
     for plan in plans:
