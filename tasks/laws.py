@@ -1224,28 +1224,20 @@ def _compute_groups(compute: np.ndarray, n_groups: int | None) -> np.ndarray:
     return labels
 
 
+def _unusable_group(compute: float, n_points: int, why: str) -> IsoFlopGroup:
+    return IsoFlopGroup(compute, n_points, math.nan, math.nan, math.nan, why)
+
+
 def _isoflop_group(n: np.ndarray, compute: np.ndarray, loss: np.ndarray) -> IsoFlopGroup:
     group_compute = float(np.exp(np.mean(np.log(compute))))
     log_n = np.log(n)
     if len(np.unique(n)) < 3:
-        return IsoFlopGroup(
-            group_compute,
-            len(n),
-            math.nan,
-            math.nan,
-            math.nan,
-            "fewer than 3 distinct model sizes; no parabola fitted",
-        )
+        return _unusable_group(group_compute, len(n), "fewer than 3 distinct model sizes; no parabola fitted")
     centre = float(np.mean(log_n))
     curvature, slope, intercept = np.polyfit(log_n - centre, loss, 2)
     if curvature <= 0:
-        return IsoFlopGroup(
-            group_compute,
-            len(n),
-            math.nan,
-            math.nan,
-            math.nan,
-            "parabola opens downward (no minimum); add runs around the optimum",
+        return _unusable_group(
+            group_compute, len(n), "parabola opens downward (no minimum); add runs around the optimum"
         )
     vertex = -slope / (2.0 * curvature)
     n_opt = math.exp(centre + vertex)
