@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from flows.spec import PRESETS, SpecError, SweepSpec, load_spec
+from flows.spec import PRESETS, SpecError, SweepSpec, load_spec, validate_spec
 from storage.store import DEFAULT_STORE, Store, StoreError
 from tasks.corpus import source_version
 from tasks.errors import InputError
@@ -127,8 +127,6 @@ def _spec_from(args: argparse.Namespace, **execution: object) -> SweepSpec:
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if not overrides:
         return spec
-    from flows.spec import validate_spec
-
     data = spec.model_dump()
     data["execution"] |= overrides
     return validate_spec(data)

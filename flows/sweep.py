@@ -25,7 +25,6 @@ from flows.spec import PRESETS, ExecutionSpec, SweepSpec
 from flows.status import grid_artifact_rows
 from storage.store import Store, fingerprint
 from tasks import steps
-from tasks.report import with_inline_images
 
 ProgressCallback = Callable[[int, int, dict[str, Any]], None]
 _progress_listeners: list[ProgressCallback] = []
@@ -115,6 +114,8 @@ def fit_and_report(
     report = run_step(
         steps.write_report, store=store, sweep_name=sweep_name, cell_ids=cell_ids, fits_fp=fits["fp"]
     )
+    from tasks.report import with_inline_images  # matplotlib: only once there is a report to publish
+
     report_path = Path(report["path"])
     create_markdown_artifact(
         with_inline_images(report["markdown"], report_path.parent),
