@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from flows.spec import PRESETS, SpecError, SweepSpec, load_spec, validate_spec
+from flows.spec import MAX_BOOTSTRAP, PRESETS, SpecError, SweepSpec, load_spec, validate_spec
 from storage.store import DEFAULT_STORE, Store, StoreError
 from tasks.corpus import source_version
 from tasks.errors import InputError
@@ -22,6 +23,7 @@ from tasks.errors import InputError
 USER_ERRORS = (InputError, SpecError, StoreError)
 EXIT_USER_ERROR = 2
 EXIT_CELLS_FAILED = 1
+EXIT_DISK_FULL = 74  # EX_IOERR of sysexits.h
 
 console = Console()
 errors = Console(stderr=True)
@@ -40,6 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         errors.print("interrupted; finished cells are kept and a rerun resumes the rest.")
         return 130
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        errors.print(
+            f"[red]error:[/red] no space left on the disk ({error}); free space or pass --store a folder on "
+            "a larger disk, then rerun: finished work is kept.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return EXIT_DISK_FULL
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
         "--engine", choices=["processes", "dask"], help="local worker processes (default) or a Dask cluster"
     )
     run.add_argument("--dask-address", help="scheduler of an existing Dask cluster, e.g. tcp://host:8786")
+    run.add_argument(
+        "--record-run",
+        action="store_true",
+        help="run the Prefect flow even when the store holds the whole sweep (every step then shows as "
+        "Cached in the UI); without it such a rerun answers from the store in seconds",
+    )
     run.set_defaults(command=_run)
 
     query = commands.add_parser(
@@ -69,7 +87,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Run one SQL statement against the store's DuckDB catalog and print the result.",
     )
     query.add_argument("sql", help='e.g. "select params_nonembedding, tokens_seen, val_loss_nats from runs"')
-    query.add_argument("--store", default=DEFAULT_STORE, help=f"store folder (default: {DEFAULT_STORE})")
+    query.add_argument(
+        "--store",
+        default=DEFAULT_STORE,
+        help=f"store folder or URL, e.g. s3://bucket/x (default: {DEFAULT_STORE})",
+    )
     query.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
     query.set_defaults(command=_query)
 
@@ -118,7 +140,9 @@ def _add_spec_options(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--preset", help=f"named spec: {', '.join(PRESETS)} (default: default)")
     source.add_argument("--spec", type=Path, help="YAML file with a SweepSpec")
-    parser.add_argument("--store", help=f"store folder (default: the spec's, {DEFAULT_STORE})")
+    parser.add_argument(
+        "--store", help=f"store folder or URL, e.g. s3://bucket/x (default: the spec's, {DEFAULT_STORE})"
+    )
 
 
 def _spec_from(args: argparse.Namespace, **execution: object) -> SweepSpec:
@@ -144,19 +168,18 @@ def _configure_prefect(verbose: bool) -> None:
 def _run(args: argparse.Namespace) -> int:
     engine = "dask" if args.dask_address else args.engine
     spec = _spec_from(args, workers=args.workers, engine=engine, dask_address=args.dask_address)
-    Store(spec.execution.store)  # a store path that is a file fails here, before any work
+    Store(spec.execution.store).check_reachable()  # a file or an unreachable bucket fails before any work
     source_version(spec.corpus.source)  # so does a missing corpus path
-    from flows import progress
-    from flows.sweep import CellsFailed, scaling_sweep
+    from flows.status import stored_sweep
 
     started = time.perf_counter()
-    console.print(f"sweep [bold]{spec.name}[/bold] into {Store(spec.execution.store).root}")
-    with progress.terminal_progress(console):
-        try:
-            summary = scaling_sweep(spec)
-            failure = None
-        except CellsFailed as error:
-            summary, failure = None, error
+    console.print(f"sweep [bold]{spec.name}[/bold] into {Store(spec.execution.store).location}")
+    summary = None if args.record_run else stored_sweep(spec)
+    if summary is not None:
+        failure = None
+        console.print("every cell, the fits and the report are complete in the store: nothing to run")
+    else:
+        summary, failure = _run_flow(spec)
     _print_cells(spec)
     if summary is not None:
         _print_laws(summary["fits"])
@@ -168,12 +191,27 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_flow(spec: SweepSpec) -> tuple[dict | None, Exception | None]:
+    """The sweep's Prefect flow, with a progress bar: (its summary, None) or (None, the cells failed)."""
+    from flows import progress
+    from flows.sweep import CellsFailed, scaling_sweep, start_prefect_api
+
+    start_prefect_api()
+    with progress.terminal_progress(console):
+        try:
+            return scaling_sweep(spec), None
+        except CellsFailed as error:
+            return None, error
+
+
 def _print_laws(fits: dict) -> None:
     console.print("[bold]fitted laws[/bold]")
     for form, law in fits["laws"].items():
         console.print(f"  {form:16s} {law}", highlight=False)
     for form, why in fits["skipped"].items():
         console.print(f"  {form:16s} not fitted: {why}", highlight=False)
+    if fits["excluded"]:
+        console.print(f"  left out of every fit: {', '.join(fits['excluded'])}", highlight=False)
 
 
 def _print_cells(spec: SweepSpec) -> None:
@@ -213,11 +251,11 @@ def _fit(args: argparse.Namespace) -> int:
     if args.csv is not None:
         return _fit_csv(args)
     from flows.refit import refit_sweep
+    from flows.sweep import start_prefect_api
 
-    store = Store(args.store or DEFAULT_STORE)
-    if not store.root.is_dir():
-        raise StoreError(f"store: {store.root} does not exist; run a sweep first or pass --store.")
-    summary = refit_sweep(str(store.root), args.sweep, args.params_kind, args.compute_kind)
+    store = existing_store(args.store or DEFAULT_STORE)
+    start_prefect_api()
+    summary = refit_sweep(store.location, args.sweep, args.params_kind, args.compute_kind)
     if args.format == "json":
         print(json.dumps(summary["fits"], indent=1, default=str))
     else:
@@ -232,6 +270,10 @@ def _fit_csv(args: argparse.Namespace) -> int:
     N, D, loss = _read_runs_csv(args)
     if args.form not in laws.FORMS:
         raise InputError(f"--form: unknown form {args.form!r}; choose one of {', '.join(laws.FORMS)}.")
+    if not 0 <= args.bootstrap <= MAX_BOOTSTRAP:
+        raise InputError(
+            f"--bootstrap: {args.bootstrap} is not between 0 and {MAX_BOOTSTRAP:,}; pass one that is."
+        )
     options = {"bootstrap": args.bootstrap} if args.bootstrap else {}
     try:
         result = laws.fit(args.form, N, D, loss, **options)
@@ -265,10 +307,10 @@ def _read_runs_csv(args: argparse.Namespace) -> tuple:
     import pyarrow as pa
     import pyarrow.csv
 
+    if not args.csv.is_file():
+        raise InputError(f"--csv: {args.csv} is not an existing file; pass a CSV file.")
     try:
         table = pyarrow.csv.read_csv(args.csv)
-    except FileNotFoundError:
-        raise InputError(f"--csv: {args.csv} does not exist; pass an existing CSV file.") from None
     except pa.ArrowInvalid as error:
         raise InputError(f"--csv: {args.csv} is not a readable CSV ({error}); fix the file.") from None
     wanted = {"--params-col": args.params_col, "--loss-col": args.loss_col}
@@ -284,8 +326,16 @@ def _read_runs_csv(args: argparse.Namespace) -> tuple:
     except (ValueError, pa.ArrowInvalid):
         raise InputError(f"--csv: columns {', '.join(wanted.values())} must hold numbers only.") from None
     N, loss = columns[args.params_col], columns[args.loss_col]
-    D = columns[args.flops_col] / (6 * N) if args.flops_col else columns[args.tokens_col]
+    with np.errstate(divide="ignore", invalid="ignore"):  # N <= 0 is refused by the fit, naming N
+        D = columns[args.flops_col] / (6 * N) if args.flops_col else columns[args.tokens_col]
     return N, np.asarray(D), loss
+
+
+def existing_store(location: str) -> Store:
+    store = Store(location)
+    if not store.exists():
+        raise StoreError(f"store: {store.location} does not exist; run a sweep first or pass --store.")
+    return store
 
 
 def _query(args: argparse.Namespace) -> int:
@@ -293,9 +343,7 @@ def _query(args: argparse.Namespace) -> int:
 
     from storage.catalog import read_only_query
 
-    store = Store(args.store)
-    if not store.root.is_dir():
-        raise StoreError(f"store: {store.root} does not exist; run a sweep first or pass --store.")
+    store = existing_store(args.store)
     try:
         result = read_only_query(store, args.sql)
     except duckdb.Error as error:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import replace
 
 from flows.spec import SweepSpec
-from tasks.cell import CellPlan, batch_size_for, lr_for_size
+from storage.store import fingerprint
+from tasks.cell import CellPlan, WsdSchedule, batch_size_for, lr_for_size
 from tasks.corpus import source_version
 from tasks.errors import InputError
 from tasks.model import ModelShape, shape_for_params, training_flops_per_token
+from tasks.steps import plan_to_dict, step_fingerprint
 
 
 def model_shape(size: int | ModelShape) -> ModelShape:
@@ -60,7 +62,29 @@ def cell_plans(spec: SweepSpec, vocab_size: int, train_tokens: int, val_tokens: 
                         compile=train.compile,
                     )
                 )
+    if train.schedule == "wsd":
+        plans = wsd_branches(plans, train.cooldown_fraction)
     return sorted(plans, key=training_cost, reverse=True)
+
+
+def wsd_branches(plans: list[CellPlan], cooldown_fraction: float) -> list[CellPlan]:
+    """The cells as WSD branches: those of one trunk (one N and seed) take the batch and warmup of its
+    smallest D. That batch keeps every branch at `min_steps` steps or more (the largest D's batch would
+    leave the small cells too few), and that warmup takes at most `warmup_fraction` of every branch."""
+    branches = []
+    for group in _by_trunk(plans):
+        shortest = min(group, key=lambda plan: plan.tokens_target)
+        wsd = WsdSchedule(cooldown_fraction, shortest.warmup_steps)
+        branches += [replace(plan, batch_size=shortest.batch_size, wsd=wsd) for plan in group]
+    return branches
+
+
+def _by_trunk(plans: list[CellPlan]) -> list[list[CellPlan]]:
+    """The plans grouped by all they hold but D and the batch it implies: one group per trunk."""
+    groups: dict[CellPlan, list[CellPlan]] = {}
+    for plan in plans:
+        groups.setdefault(replace(plan, tokens_target=0, batch_size=0), []).append(plan)
+    return list(groups.values())
 
 
 def _check_epochs(spec: SweepSpec, tokens_target: int, train_tokens: int) -> None:
@@ -88,12 +112,56 @@ def tokens_params(store: str, corpus_fp: str, vocab_fp: str) -> dict:
     return {"store": store, "corpus_fp": corpus_fp, "vocab_fp": vocab_fp}
 
 
-def cell_params(spec: SweepSpec, store: str, tokens_fp: str, vocab_fp: str, plan: CellPlan) -> dict:
+def sweep_id(spec: SweepSpec) -> str:
+    """A sweep's id: its spec less where and how it runs."""
+    return fingerprint("sweep", spec.model_dump(exclude={"execution"}))
+
+
+def fit_params(store: str, cell_ids: list[str], **fit_options: object) -> dict:
+    """`fit_options`: the fields of a FitSpec."""
+    return {"store": store, "cell_ids": cell_ids, **fit_options}
+
+
+def report_params(store: str, sweep_name: str, cell_ids: list[str], fits_fp: str) -> dict:
+    return {"store": store, "sweep_name": sweep_name, "cell_ids": cell_ids, "fits_fp": fits_fp}
+
+
+def cell_params(
+    spec: SweepSpec, store: str, tokens_fp: str, vocab_fp: str, plan: CellPlan, trunk_fp: str | None = None
+) -> dict:
     return {
         "store": store,
         "tokens_fp": tokens_fp,
         "vocab_fp": vocab_fp,
-        "plan": asdict(plan),
+        "plan": plan_to_dict(plan),
+        "threads": spec.execution.threads_per_worker,
+        "checkpoint_seconds": spec.execution.checkpoint_seconds,
+        "trunk_fp": trunk_fp,
+    }
+
+
+def trunk_params(spec: SweepSpec, store: str, tokens_fp: str, branches: list[CellPlan]) -> dict:
+    """A trunk runs its longest branch's plan up to the last branch step, with a snapshot at each."""
+    return {
+        "store": store,
+        "tokens_fp": tokens_fp,
+        "plan": plan_to_dict(max(branches, key=lambda plan: plan.tokens_target)),
+        "branch_steps": sorted({plan.branch_step for plan in branches}),
         "threads": spec.execution.threads_per_worker,
         "checkpoint_seconds": spec.execution.checkpoint_seconds,
     }
+
+
+def grid_params(
+    spec: SweepSpec, store: str, tokens_fp: str, vocab_fp: str, plans: list[CellPlan]
+) -> tuple[list[dict], list[dict]]:
+    """The parameters of every cell, and of the WSD trunks they branch from (none with cosine). A WSD
+    cell names its trunk's fingerprint, which is not part of the cell's: a branch gives the numbers of
+    a run of its own."""
+    trunks, trunk_of = [], {}
+    for branches in _by_trunk([plan for plan in plans if plan.wsd is not None]):
+        trunk = trunk_params(spec, store, tokens_fp, branches)
+        trunks.append(trunk)
+        trunk_of |= dict.fromkeys(branches, step_fingerprint("trunks", trunk))
+    cells = [cell_params(spec, store, tokens_fp, vocab_fp, plan, trunk_of.get(plan)) for plan in plans]
+    return cells, trunks

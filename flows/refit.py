@@ -7,12 +7,12 @@ from typing import Any, Literal
 from prefect import flow
 
 from flows.spec import FitSpec
-from flows.sweep import fit_and_report
+from flows.sweep import FLOW_RESULTS, fit_and_report
 from storage.catalog import sweep_cells
 from storage.store import DEFAULT_STORE, Store
 
 
-@flow(name="refit-sweep")
+@flow(name="refit-sweep", **FLOW_RESULTS)
 def refit_sweep(
     store: str = DEFAULT_STORE,
     sweep_name: str | None = None,
@@ -22,13 +22,13 @@ def refit_sweep(
     holdout_fraction: float = 0.25,
 ) -> dict[str, Any]:
     """Fit every law form to the newest stored sweep (of that name) and render its report."""
-    root = str(Store(store).root)
-    sweep_id, name, cell_ids = sweep_cells(Store(root), sweep_name)
+    stored = Store(store)
+    sweep_id, name, cell_ids = sweep_cells(stored, sweep_name)
     options = FitSpec(
         params_kind=params_kind,
         compute_kind=compute_kind,
         bootstrap=bootstrap,
         holdout_fraction=holdout_fraction,
     )
-    fits, report = fit_and_report(root, name, cell_ids, **options.model_dump())
-    return {"sweep_id": sweep_id, "store": root, "fits": fits, "report": report["path"]}
+    fits, report = fit_and_report(stored.location, name, cell_ids, **options.model_dump())
+    return {"sweep_id": sweep_id, "store": stored.location, "fits": fits, "report": report["path"]}

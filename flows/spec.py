@@ -8,7 +8,10 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tasks.model import ModelShape
+from tasks.model import MAX_D_MODEL, MAX_LAYERS, ModelShape
+
+MAX_MODEL_PARAMS = ModelShape(MAX_D_MODEL, MAX_LAYERS).params_nonembedding()  # larger targets get no shape
+MAX_BOOTSTRAP = 10_000
 
 
 class SpecError(ValueError):
@@ -42,7 +45,7 @@ class VocabSpec(_Strict):
 
 
 class GridSpec(_Strict):
-    model_sizes: list[Annotated[int, Field(ge=1000)] | ModelShape] = Field(
+    model_sizes: list[Annotated[int, Field(ge=1000, le=MAX_MODEL_PARAMS)] | ModelShape] = Field(
         description="Model sizes N: target non-embedding parameter counts, or explicit shapes.", min_length=1
     )
     tokens: list[Annotated[int, Field(ge=1)]] = Field(
@@ -77,7 +80,19 @@ class TrainSpec(_Strict):
     warmup_fraction: Annotated[float, Field(ge=0, lt=1)] = Field(
         0.05, description="Warmup never takes more than this share of a cell's steps."
     )
-    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = Field(0.1, description="Cosine decays to lr * this.")
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.1, description="The schedule (cosine, or the WSD cooldown) decays to lr * this."
+    )
+    schedule: Literal["cosine", "wsd"] = Field(
+        "cosine",
+        description="'cosine': warmup, then cosine decay over each cell's run. 'wsd': warmup-stable-decay "
+        "(Hägele et al. 2024): for each N and seed one trunk holds the peak rate, and each D's cell "
+        "branches from it for a 1-sqrt cooldown; the cells of one trunk share the batch and warmup of its "
+        "smallest D.",
+    )
+    cooldown_fraction: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.2, description="With schedule 'wsd': the share of each cell's steps spent in the cooldown."
+    )
     weight_decay: Annotated[float, Field(ge=0)] = 0.1
     beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
     beta2: Annotated[float, Field(ge=0, lt=1)] = 0.95
@@ -101,6 +116,15 @@ class TrainSpec(_Strict):
             raise ValueError(f"lr {lr!r} is neither a number between 0 and 1 nor 'rule'; give one of those")
         return data
 
+    @model_validator(mode="after")
+    def _wsd_warmup_ends_before_the_cooldown(self) -> TrainSpec:
+        if self.schedule == "wsd" and self.warmup_fraction + self.cooldown_fraction > 1:
+            raise ValueError(
+                f"warmup_fraction {self.warmup_fraction} and cooldown_fraction {self.cooldown_fraction} "
+                "add up to more than 1, so warmup would run into the cooldown; lower one of them"
+            )
+        return self
+
 
 class EvalSpec(_Strict):
     val_tokens: Annotated[int, Field(ge=256)] = Field(
@@ -117,7 +141,7 @@ class FitSpec(_Strict):
     compute_kind: Literal["6nd", "with_attention"] = Field(
         "6nd", description="Which compute the C-laws use: 6·N·D, or with attention and unembedding terms."
     )
-    bootstrap: Annotated[int, Field(ge=0, le=10_000)] = Field(
+    bootstrap: Annotated[int, Field(ge=0, le=MAX_BOOTSTRAP)] = Field(
         200, description="Bootstrap resamples of the cells for intervals and the compute-optimal band."
     )
     holdout_fraction: Annotated[float, Field(ge=0, lt=1)] = Field(
@@ -126,7 +150,11 @@ class FitSpec(_Strict):
 
 
 class ExecutionSpec(_Strict):
-    store: str = Field("scalelaw-store", description="Folder that holds every artifact of every sweep.")
+    store: str = Field(
+        "scalelaw-store",
+        description="Folder, or fsspec URL such as s3://bucket/prefix, that holds every artifact of every "
+        "sweep; every worker must reach it. Credentials come from the environment, never the URL.",
+    )
     engine: Literal["processes", "dask"] = Field(
         "processes",
         description="Where cells train: a local pool of worker processes, or a Dask cluster (prefect-dask).",
@@ -213,11 +241,21 @@ def spec_from_yaml(path: Path) -> SweepSpec:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SpecError(f"spec: file {path} does not exist; pass an existing YAML file.") from None
+    except OSError as error:
+        raise SpecError(f"spec: {path} cannot be read ({error.strerror}); pass a YAML file.") from None
     except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise SpecError(f"spec: {path} is not valid YAML ({error}); fix its syntax.") from None
+        raise SpecError(f"spec: {path} is not valid YAML ({_one_line(error)}); fix its syntax.") from None
     if not isinstance(data, dict):
         raise SpecError(f"spec: {path} must hold a mapping of fields (name, corpus, grid, ...).")
     return validate_spec(data)
+
+
+def _one_line(error: Exception) -> str:
+    """A parser's message without the excerpt and caret that YAML errors show on lines of their own."""
+    mark = getattr(error, "problem_mark", None)
+    if mark is None:
+        return " ".join(str(error).split())
+    return f"{error.problem} at line {mark.line + 1}, column {mark.column + 1}"
 
 
 def validate_spec(data: dict) -> SweepSpec:
@@ -230,12 +268,40 @@ def validate_spec(data: dict) -> SweepSpec:
 def describe_validation_error(error: ValidationError) -> str:
     """One sentence per problem: the field's dotted path, what is wrong, and the fix."""
     sentences = []
-    for problem in error.errors():
-        field = ".".join(str(part) for part in problem["loc"] if not str(part).startswith("function-"))
+    for problem in _one_member_per_union(error.errors()):
+        field = ".".join(str(part) for part in problem["loc"] if not _names_a_member(part))
         message = problem["msg"].removeprefix("Value error, ")
-        if problem["type"] == "extra_forbidden":
+        if problem["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             message = "is not a known field; remove it or check its spelling"
         elif problem["type"] == "missing":
             message = "is required; add it"
         sentences.append(f"spec field {field or '(top level)'}: {message}.")
     return " ".join(sentences)
+
+
+# Pydantic names in an error's location the union member that a value failed ("constrained-int",
+# "ModelShape": grid.model_sizes) and its own validators ("function-after[...]"); neither is a field.
+_WRONG_KIND = frozenset({"int_type", "int_parsing", "int_from_float", "dataclass_type", "dict_type"})
+
+
+def _names_a_member(part: str | int) -> bool:
+    return isinstance(part, str) and (part.startswith(("constrained-", "function-")) or part == "ModelShape")
+
+
+def _member(location: tuple) -> tuple | None:
+    """The location up to the union member it passes through, if any."""
+    index = next((i for i, part in enumerate(location) if _names_a_member(part)), None)
+    return None if index is None else location[: index + 1]
+
+
+def _one_member_per_union(problems: list[dict]) -> list[dict]:
+    """A value that fits no member of a union gets problems from every member: keep those of the
+    members that took its kind (a mapping as a shape, a number as a count), else only the first."""
+    wrong = {p["loc"] for p in problems if p["type"] in _WRONG_KIND and _member(p["loc"]) == p["loc"]}
+    kept = [p for p in problems if _member(p["loc"]) not in wrong]
+    covered = {member[:-1] for p in kept if (member := _member(p["loc"]))}
+    for problem in problems:
+        if problem["loc"] in wrong and problem["loc"][:-1] not in covered:
+            kept.append(problem)
+            covered.add(problem["loc"][:-1])
+    return kept

@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 
 from rich.table import Table
 
-from flows.plan import cell_params, cell_plans, corpus_params, tokens_params, vocab_params
+from flows.plan import (
+    cell_params,
+    cell_plans,
+    corpus_params,
+    fit_params,
+    report_params,
+    sweep_id,
+    tokens_params,
+    vocab_params,
+)
 from flows.spec import SweepSpec
-from storage import schemas
 from storage.store import Store
 from tasks.cell import CellPlan
 from tasks.model import ModelShape
-from tasks.steps import step_fingerprint
+from tasks.steps import step_fingerprint, work_dir
 
-STATE_STYLE = {"done": "green", "failed": "red", "diverged": "red", "missing": "dim"}
+STATE_STYLE = {
+    "done": "green",
+    "running": "yellow",
+    "interrupted": "magenta",
+    "failed": "red",
+    "diverged": "red",
+    "missing": "dim",
+}
 
 
 @dataclass(frozen=True)
@@ -23,7 +39,7 @@ class CellState:
     params: int
     tokens: int
     seed: int
-    state: str  # done | failed | diverged | missing
+    state: str  # one of STATE_STYLE's
     val_loss_nats: float | None = None
     train_seconds: float | None = None
     error: str | None = None
@@ -32,7 +48,7 @@ class CellState:
 def grid_status(spec: SweepSpec) -> list[CellState]:
     """Every cell of the spec's grid with its state; all missing while the data is not prepared."""
     store = Store(spec.execution.store)
-    root = str(store.root)
+    root = store.location
     corpus = store.marker("clean", step_fingerprint("clean", corpus_params(spec, root)))
     vocab = corpus and store.marker(
         "vocab", step_fingerprint("vocab", vocab_params(spec, root, corpus["fp"]))
@@ -47,7 +63,7 @@ def grid_status(spec: SweepSpec) -> list[CellState]:
     states = []
     for plan in plans:
         cell_id = step_fingerprint("cells", cell_params(spec, root, tokens["fp"], vocab["fp"], plan))
-        states.append(_stored_state(store, cell_id, plan))
+        states.append(_stored_state(store, cell_id, plan, spec.execution.checkpoint_seconds))
     return sorted(states, key=lambda s: (s.params, s.tokens, s.seed))
 
 
@@ -55,10 +71,10 @@ def _missing(plan: CellPlan, cell_id: str | None = None) -> CellState:
     return CellState(cell_id, plan.shape.params_nonembedding(), plan.tokens_target, plan.seed, "missing")
 
 
-def _stored_state(store: Store, cell_id: str, plan: CellPlan) -> CellState:
+def _stored_state(store: Store, cell_id: str, plan: CellPlan, checkpoint_seconds: float) -> CellState:
     if not store.is_complete("cells", cell_id):
-        return _missing(plan, cell_id)
-    row = schemas.read_parquet(store.path("cells", cell_id) / "result.parquet").to_pylist()[0]
+        return _unfinished(store, cell_id, plan, checkpoint_seconds)
+    row = store.read_table("cells", cell_id, "result.parquet").to_pylist()[0]
     return CellState(
         cell_id=cell_id,
         params=row["params_nonembedding"],
@@ -69,6 +85,37 @@ def _stored_state(store: Store, cell_id: str, plan: CellPlan) -> CellState:
         train_seconds=row["train_seconds"],
         error=row["error"],
     )
+
+
+def _unfinished(store: Store, cell_id: str, plan: CellPlan, checkpoint_seconds: float) -> CellState:
+    """Missing; or, where this machine holds the cell's work folder, running while its checkpoint is
+    rewritten and interrupted once that is older than two checkpoint intervals."""
+    work = work_dir(store.location, "cells", cell_id, create=False)
+    try:
+        touched = max(path.stat().st_mtime for path in [work, *work.iterdir()])
+    except FileNotFoundError:  # no work folder, or it was cleaned up as the cell finished
+        return _missing(plan, cell_id)
+    state = "running" if time.time() - touched < 2 * checkpoint_seconds + 30 else "interrupted"
+    return replace(_missing(plan, cell_id), state=state)
+
+
+def stored_sweep(spec: SweepSpec) -> dict | None:
+    """What a run of the spec would return when its cells, fits and report are all complete in the
+    store (found without Prefect); None when anything is left to do."""
+    cells = grid_status(spec)
+    if any(cell.state != "done" for cell in cells):
+        return None
+    store = Store(spec.execution.store)
+    cell_ids = sorted(cell.cell_id for cell in cells)
+    fits = store.marker(
+        "fits", step_fingerprint("fits", fit_params(store.location, cell_ids, **spec.fit.model_dump()))
+    )
+    report = fits and store.marker(
+        "reports", step_fingerprint("reports", report_params(store.location, spec.name, cell_ids, fits["fp"]))
+    )
+    if not (report and store.is_complete("sweeps", sweep_id(spec))):
+        return None
+    return {"sweep_id": sweep_id(spec), "store": store.location, "fits": fits, "report": report["path"]}
 
 
 def grid_table(spec: SweepSpec, cells: list[CellState]) -> Table:
@@ -94,15 +141,16 @@ def _entry(cell: CellState) -> str:
     return f"[{STATE_STYLE[cell.state]}]{text}[/]"
 
 
-def grid_artifact_rows(grid: list[dict], records: dict[str, dict]) -> list[dict]:
+def grid_artifact_rows(grid: list[dict], records: dict[str, dict], running: set[str]) -> list[dict]:
     """The N x D table for Prefect's UI: one row per N, one column per D, each cell's state."""
     entries: dict[int, dict[str, str]] = {}
     for params in grid:
         plan = params["plan"]
         n = ModelShape(**plan["shape"]).params_nonembedding()
-        record = records.get(step_fingerprint("cells", params))
+        cell_id = step_fingerprint("cells", params)
+        record = records.get(cell_id)
         if record is None:
-            state = "pending"
+            state = "running" if cell_id in running else "pending"
         elif record["status"] == "ok":
             state = f"done {record['val_loss_nats']:.3f}"
         else:

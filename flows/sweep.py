@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import multiprocessing
 import os
+import queue
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,13 +20,22 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.client.orchestration import get_client
-from prefect.futures import as_completed
+from prefect.futures import PrefectFuture
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 
-from flows.plan import cell_params, cell_plans, corpus_params, tokens_params, vocab_params
+from flows.plan import (
+    cell_plans,
+    corpus_params,
+    fit_params,
+    grid_params,
+    report_params,
+    sweep_id,
+    tokens_params,
+    vocab_params,
+)
 from flows.spec import PRESETS, ExecutionSpec, SweepSpec
 from flows.status import grid_artifact_rows
-from storage.store import Store, fingerprint
+from storage.store import Store
 from tasks import steps
 
 ProgressCallback = Callable[[int, int, dict[str, Any]], None]
@@ -39,8 +51,29 @@ def remove_progress_listener(listener: ProgressCallback) -> None:
     _progress_listeners.remove(listener)
 
 
+# Prefect writes a failed run's exception to its result storage, as a pickle unless told otherwise; as
+# JSON it keeps the type and message. A finished run's result is not written: the store holds it.
+FLOW_RESULTS: dict[str, Any] = {"persist_result": False, "result_serializer": "json"}
+
+
 class CellsFailed(RuntimeError):
     """Raised at the end of a sweep whose cells did not all finish; names them."""
+
+
+def start_prefect_api() -> None:
+    """Start this process's temporary Prefect server (when no server is configured) before any flow,
+    one process at a time: two servers that create a new database at once both fail ("index ...
+    already exists"), so two sweeps started together would otherwise crash."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url:
+        return
+    settings.home.mkdir(parents=True, exist_ok=True)
+    with open(settings.home / "scalelaw-server.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with get_client(sync_client=True) as client:
+            client.api_healthcheck()
 
 
 @contextlib.contextmanager
@@ -73,27 +106,28 @@ def task_runner(execution: ExecutionSpec) -> TaskRunner:
 
 def run_step(step: Any, **params: Any) -> dict[str, Any]:
     """Call a cached step, refreshing Prefect's cache when the artifact itself is missing."""
+    return step.with_options(refresh_cache=not _reusable(step, params))(**params)
+
+
+def _reusable(step: Any, params: dict[str, Any]) -> bool:
     fp = steps.step_fingerprint(step.name, params)
-    refresh = not steps.reusable(Store(params["store"]).marker(step.name, fp))
-    return step.with_options(refresh_cache=refresh)(**params)
+    return steps.reusable(Store(params["store"]).marker(step.name, fp))
 
 
-@flow(name="scaling-sweep")
+@flow(name="scaling-sweep", **FLOW_RESULTS)
 def scaling_sweep(spec: SweepSpec = PRESETS["default"]) -> dict[str, Any]:
     """Train every cell of the grid on the spec's corpus and fit scaling laws to the results."""
-    store = str(Store(spec.execution.store).root)
+    store = Store(spec.execution.store).location
     corpus = run_step(steps.prepare_corpus, **corpus_params(spec, store))
     vocab = run_step(steps.build_vocab, **vocab_params(spec, store, corpus["fp"]))
     tokens = run_step(steps.tokenize, **tokens_params(store, corpus["fp"], vocab["fp"]))
     plans = cell_plans(spec, vocab["vocab_size"], tokens["train_tokens"], tokens["val_tokens"])
-    grid = [cell_params(spec, store, tokens["fp"], vocab["fp"], plan) for plan in plans]
+    grid, trunks = grid_params(spec, store, tokens["fp"], vocab["fp"], plans)
     runner = task_runner(spec.execution)
     with _api_shared_with_workers():
-        cells = train_grid.with_options(task_runner=runner)(grid)
+        cells = train_grid.with_options(task_runner=runner)(grid, trunks)
     cell_ids = sorted(cell["cell_id"] for cell in cells)
-    sweep = steps.record_sweep(
-        store, fingerprint("sweep", spec.model_dump(exclude={"execution"})), spec.name, cell_ids
-    )
+    sweep = steps.record_sweep(store, sweep_id(spec), spec.name, cell_ids)
     fits, report = fit_and_report(store, spec.name, cell_ids, **spec.fit.model_dump())
     failed = [cell for cell in cells if cell["status"] != "ok"]
     summary = {"sweep_id": sweep, "store": store, "cells": cells, "fits": fits, "report": report["path"]}
@@ -110,50 +144,118 @@ def fit_and_report(
 
     `fit_options` are the fields of the spec's FitSpec.
     """
-    fits = run_step(steps.fit_laws, store=store, cell_ids=cell_ids, **fit_options)
-    report = run_step(
-        steps.write_report, store=store, sweep_name=sweep_name, cell_ids=cell_ids, fits_fp=fits["fp"]
-    )
+    fits = run_step(steps.fit_laws, **fit_params(store, cell_ids, **fit_options))
+    report = run_step(steps.write_report, **report_params(store, sweep_name, cell_ids, fits["fp"]))
     from tasks.report import with_inline_images  # matplotlib: only once there is a report to publish
 
-    report_path = Path(report["path"])
+    report_store = Store(store)
     create_markdown_artifact(
-        with_inline_images(report["markdown"], report_path.parent),
+        with_inline_images(report["markdown"], report_store.local("reports", report["fp"])),
         key=f"report-{sweep_name.lower()}",
         description="Scaling-law report",
     )
-    create_link_artifact(
-        report_path.parent.as_uri(), link_text=f"{report_path.parent} (report and plots)", key="report-files"
-    )
+    folder = report_store.url("reports", report["fp"])
+    link = Path(folder).as_uri() if report_store.is_local else folder
+    create_link_artifact(link, link_text=f"{folder} (report and plots)", key="report-files")
     return fits, report
 
 
-@flow(name="train-grid")
-def train_grid(grid: list[dict]) -> list[dict]:
-    """Every cell in its own worker process; cells already complete come back from the cache."""
+@flow(name="train-grid", **FLOW_RESULTS)
+def train_grid(grid: list[dict], trunks: list[dict] | None = None) -> list[dict]:
+    """Every cell in its own worker process; cells already complete come back from the cache.
+
+    A WSD cell is submitted once the trunk it branches from is done (so no worker waits idle on a
+    trunk); only the trunks of cells still to train are run, and a complete trunk is not retrained.
+    """
     progress = create_progress_artifact(0.0, description="Grid cells finished")
     results: dict[str, dict] = {}
-    pending = []
+    to_train: dict[str | None, list[dict]] = {}  # by the fingerprint of their trunk (None: no trunk)
     for params in grid:
-        fp = steps.step_fingerprint(steps.train_grid_cell.name, params)
+        fp = _cell_fp(params)
         if steps.reusable(Store(params["store"]).marker("cells", fp)):
             results[fp] = steps.train_grid_cell(**params)
         else:
-            pending.append(steps.train_grid_cell.with_options(refresh_cache=True).submit(**params))
-    get_run_logger().info("%d cells complete, %d to train", len(results), len(pending))
-    _report_progress(grid, results, progress, None)
-    for future in as_completed(pending):
-        record = future.result()
-        results[record["cell_id"]] = record
-        _report_progress(grid, results, progress, record)
+            to_train.setdefault(params["trunk_fp"], []).append(params)
+    count = sum(len(cells) for cells in to_train.values())
+    get_run_logger().info("%d cells complete, %d to train", len(results), count)
+    _report_progress(grid, results, progress, None, {})
+    with _workers_killed_when_stopped():
+        submitted = {_cell_fp(params): _submit_cell(params) for params in to_train.pop(None, [])}
+        trunk_futures = [
+            _submit_trunk(trunk)
+            for trunk in trunks or []
+            if steps.step_fingerprint(steps.train_grid_trunk.name, trunk) in to_train
+        ]
+        for trunk in _as_finished(trunk_futures):
+            submitted |= {
+                _cell_fp(params): _submit_cell(params, trunk) for params in to_train[trunk.result()["fp"]]
+            }
+        for future in _as_finished(list(submitted.values())):
+            record = future.result()
+            results[record["cell_id"]] = record
+            _report_progress(grid, results, progress, record, submitted)
     return list(results.values())
 
 
-def _report_progress(grid: list[dict], results: dict[str, dict], progress_id: Any, last: dict | None) -> None:
-    """The UI's progress bar and N x D status table, and the CLI's listeners."""
+@contextlib.contextmanager
+def _workers_killed_when_stopped() -> Iterator[None]:
+    """A sweep stopped while cells train (SIGTERM, which Prefect raises as TerminationSignal, or
+    Ctrl-C) kills its local worker processes at once; the pool would otherwise finish every running
+    cell before the flow ends. A killed cell continues from its last checkpoint on the next run."""
+    try:
+        yield
+    except BaseException:
+        for worker in multiprocessing.active_children():
+            worker.kill()
+        raise
+
+
+def _as_finished(futures: list[PrefectFuture]) -> Iterator[PrefectFuture]:
+    """The futures as they finish, waking every second: Python runs signal handlers (SIGTERM, Ctrl-C)
+    in the main thread, and a signal that the kernel gave another thread reaches it only when it wakes."""
+    finished: queue.SimpleQueue[PrefectFuture] = queue.SimpleQueue()
+    for future in futures:
+        future.add_done_callback(finished.put)
+    for _ in futures:
+        while True:
+            try:
+                future = finished.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            yield future
+            break
+
+
+def _cell_fp(params: dict) -> str:
+    return steps.step_fingerprint(steps.train_grid_cell.name, params)
+
+
+def _submit_trunk(params: dict) -> PrefectFuture:
+    """Train a trunk in a worker; Prefect's cache may answer only when its artifact is complete."""
+    step = steps.train_grid_trunk
+    return step.with_options(refresh_cache=not _reusable(step, params)).submit(**params)
+
+
+def _submit_cell(params: dict, trunk: PrefectFuture | None = None) -> PrefectFuture:
+    """Train a cell in a worker; `trunk`, done by now, is named so that the UI draws the edge."""
+    return steps.train_grid_cell.with_options(refresh_cache=True).submit(
+        **params, wait_for=[trunk] if trunk else None
+    )
+
+
+def _report_progress(
+    grid: list[dict],
+    results: dict[str, dict],
+    progress_id: Any,
+    last: dict | None,
+    submitted: dict[str, PrefectFuture],
+) -> None:
+    """The UI's progress bar and N x D status table (with the cells training now), and the CLI's
+    listeners."""
     update_progress_artifact(progress_id, 100.0 * len(results) / len(grid))
+    running = {fp for fp, future in submitted.items() if fp not in results and future.state.is_running()}
     create_table_artifact(
-        grid_artifact_rows(grid, results), key="grid-status", description="Cells by N and D"
+        grid_artifact_rows(grid, results, running), key="grid-status", description="Cells by N and D"
     )
     for listener in _progress_listeners:
         listener(len(results), len(grid), last)

@@ -58,6 +58,9 @@ RUNS = pa.schema(
         ("lr", pa.float64()),
         ("warmup_steps", pa.int64()),
         ("beta2", pa.float64()),
+        ("schedule", pa.string()),  # cosine | wsd (null in files written before WSD existed: cosine)
+        ("trunk_id", pa.string()),  # wsd: the trunk the cell branched from
+        ("branch_tokens", pa.int64()),  # wsd: tokens seen when the cooldown began (the branch point)
         ("train_loss_nats", pa.float64()),
         ("val_loss_nats", pa.float64()),
         ("val_loss_stderr", pa.float64()),

@@ -13,6 +13,16 @@ LR_RULE_EXPONENT = 0.36  # Porian et al. 2024, Fig. 3
 
 
 @dataclass(frozen=True)
+class WsdSchedule:
+    """A warmup-stable-decay schedule (Hägele et al. 2024): linear warmup, the peak rate held, then a
+    1-sqrt cooldown to lr * min_lr_ratio over the last `cooldown_fraction` of the steps. The cells of one
+    (N, seed) branch from one trunk and so share its warmup steps."""
+
+    cooldown_fraction: float
+    warmup_steps: int
+
+
+@dataclass(frozen=True)
 class CellPlan:
     """Everything that determines a cell's result."""
 
@@ -36,6 +46,7 @@ class CellPlan:
     warmup_tokens_per_param: float = 1.0
     bf16_min_params: int | None = None  # None: always fp32
     compile: bool = False
+    wsd: WsdSchedule | None = None  # None: the cosine schedule
 
     @property
     def steps(self) -> int:
@@ -51,7 +62,10 @@ class CellPlan:
         for no more than `warmup_fraction` of the cell's steps (the share that rule gives a cell of
         20 tokens per parameter). Parameters count the tied embedding: in models this small the head
         holds much of them, often most, and does much of the work. Porian et al. found Kaplan et al.'s
-        fixed 3000-step warmup, far too long for small models, to be one cause of Kaplan's law."""
+        fixed 3000-step warmup, far too long for small models, to be one cause of Kaplan's law.
+        A WSD cell takes its trunk's warmup, that of the trunk's shortest cell."""
+        if self.wsd is not None:
+            return self.wsd.warmup_steps
         by_params = math.ceil(
             self.warmup_tokens_per_param * self.shape.params_total(self.vocab_size) / self.tokens_per_step
         )
@@ -60,6 +74,16 @@ class CellPlan:
     @property
     def tokens_seen(self) -> int:
         return self.steps * self.tokens_per_step
+
+    @property
+    def cooldown_steps(self) -> int:
+        """WSD only: the last steps, which decay the rate; at least one, after at least one other."""
+        return min(self.steps - 1, max(1, round(self.wsd.cooldown_fraction * self.steps)))
+
+    @property
+    def branch_step(self) -> int:
+        """WSD only: the step where the cooldown begins, where the cell branches from its trunk."""
+        return self.steps - self.cooldown_steps
 
 
 def lr_for_size(params_nonembedding: int) -> float:
@@ -92,6 +116,28 @@ def lr_multiplier(step: int, total_steps: int, warmup_steps: int, min_ratio: flo
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def wsd_multiplier(
+    step: int, total_steps: int, warmup_steps: int, cooldown_steps: int, min_ratio: float
+) -> float:
+    """Linear warmup, 1 until the last `cooldown_steps` steps, then 1-sqrt decay that reaches `min_ratio`
+    on the last step (Hägele et al. 2024 found 1-sqrt better than linear). Up to the cooldown it does not
+    depend on `total_steps`: runs of any length share it, which lets one trunk stand in for all of them."""
+    into_cooldown = step - (total_steps - cooldown_steps) + 1
+    if into_cooldown > 0:
+        progress = min(1.0, into_cooldown / max(1, cooldown_steps))
+        return min_ratio + (1 - min_ratio) * (1 - math.sqrt(progress))
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return 1.0
+
+
+def schedule_multiplier(plan: CellPlan, step: int) -> float:
+    """The plan's multiplier of its peak rate at `step`: cosine, or WSD when the plan says so."""
+    if plan.wsd is None:
+        return lr_multiplier(step, plan.steps, plan.warmup_steps, plan.min_lr_ratio)
+    return wsd_multiplier(step, plan.steps, plan.warmup_steps, plan.cooldown_steps, plan.min_lr_ratio)
+
+
 def plan_columns(plan: CellPlan) -> dict:
     """The `runs` columns that the plan alone determines (also filled in for a failed cell)."""
     return {
@@ -111,6 +157,8 @@ def plan_columns(plan: CellPlan) -> dict:
         "lr": plan.lr,
         "warmup_steps": plan.warmup_steps,
         "beta2": plan.beta2,
+        "schedule": "cosine" if plan.wsd is None else "wsd",
+        "branch_tokens": None if plan.wsd is None else plan.branch_step * plan.tokens_per_step,
     }
 
 

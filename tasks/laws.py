@@ -1035,7 +1035,7 @@ def _log_linear_fit(
     low, high = coefficients - Z_95 * stderr, coefficients + Z_95 * stderr
     # The intercept is reported as a = exp(log a): its interval is exp of the log-scale one and its
     # standard error a * se(log a) (delta method).
-    to_scale = [math.exp] + [float] * (len(names) - 1)
+    to_scale = [_exp] + [float] * (len(names) - 1)
     params = {name: f(v) for name, f, v in zip(names, to_scale, coefficients, strict=True)}
     stderr[0] *= params["a"]
     return FitResult(
@@ -1318,6 +1318,8 @@ def fit(form: str, N: ArrayLike, D: ArrayLike, loss: ArrayLike, **options: Any) 
     """Fit ``form`` (a key of FORMS) to runs with N parameters, D tokens and final loss."""
     if form not in FORMS:
         raise ValueError(f"Unknown form {form!r}; choose one of {', '.join(FORMS)}.")
+    # Every run's N, D and loss, also those a power-law form does not use: one run, one row of each.
+    N, D, loss = _validated_columns(form, None, N=N, D=D, loss=loss)
     return FORMS[form](N, D, loss, **options)
 
 

@@ -16,6 +16,7 @@ HEAD_DIM_SMALL = 16  # d_model below 256
 HEAD_DIM_LARGE = 64
 TARGET_ASPECT = 32.0  # d_model / n_layers; Kaplan et al. find loss flat over 20-200
 SIZE_TOLERANCE = math.log(1.15)
+MAX_D_MODEL, MAX_LAYERS = 8192, 96  # the largest shape that shape_for_params picks from
 CEILING_MATMUL_SIZE = 512  # reaches the BLAS peak on one core: 110 GFLOP/s here, 112 at 1024
 CEILING_REPEATS = 20  # the best of many: on a shared machine some runs lose the core
 BF16_MIN_SPEEDUP = 1.5  # bf16 autocast also casts and keeps fp32 masters; it needs a clear matmul win
@@ -61,10 +62,10 @@ def shape_for_params(target: int) -> ModelShape:
     """The shape nearest the target aspect among those within 15% of `target` non-embedding
     parameters, or the closest in size when none is that close."""
     candidates = []
-    for d_model in range(16, 8193, 16):
+    for d_model in range(16, MAX_D_MODEL + 1, 16):
         if d_model >= 256 and d_model % HEAD_DIM_LARGE:
             continue
-        for n_layers in range(1, 97):
+        for n_layers in range(1, MAX_LAYERS + 1):
             shape = ModelShape(d_model, n_layers)
             size_miss = abs(math.log(shape.params_nonembedding() / target))
             aspect_miss = abs(math.log(d_model / n_layers / TARGET_ASPECT))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,15 @@ from prefect import get_run_logger, task
 from storage import schemas
 from storage.store import Store, fingerprint
 from tasks import corpus, tokens
-from tasks.cell import CellPlan, Checkpoints, plan_columns
+from tasks.cell import CellPlan, Checkpoints, WsdSchedule, plan_columns
 from tasks.model import ModelShape
 
 # Bump a step's version when a code change alters its artifact: only that step and those
 # downstream of it are redone (a change to the fitting does not retrain any cell).
-CODE_VERSIONS = {"clean": 1, "vocab": 1, "tokens": 1, "cells": 2, "fits": 2, "reports": 2}
-NOT_IDENTITY = frozenset({"store", "threads", "checkpoint_seconds"})  # parameters that do not change a result
+CODE_VERSIONS = {"clean": 1, "vocab": 1, "tokens": 1, "trunks": 1, "cells": 2, "fits": 2, "reports": 2}
+# Parameters that do not change a result. A WSD cell's numbers are those of a run of its own (a test
+# holds them equal), so the trunk it branches from is not part of its identity.
+NOT_IDENTITY = frozenset({"store", "threads", "checkpoint_seconds", "trunk_fp"})
 
 Record = dict[str, Any]
 
@@ -97,7 +100,7 @@ def prepare_corpus(
 
 
 def _texts(store: Store, corpus_fp: str, split: str) -> list[str]:
-    table = pq.read_table(store.path("clean", corpus_fp) / "docs.parquet", filters=[("split", "=", split)])
+    table = pq.read_table(store.local("clean", corpus_fp) / "docs.parquet", filters=[("split", "=", split)])
     return table.column("text").to_pylist()
 
 
@@ -120,7 +123,7 @@ def tokenize(store: str, corpus_fp: str, vocab_fp: str) -> Record:
     params = dict(locals())
 
     def build(out: Path, fp: str) -> Record:
-        tokenizer = tokens.load_tokenizer(Store(store).path("vocab", vocab_fp))
+        tokenizer = tokens.load_tokenizer(Store(store).local("vocab", vocab_fp))
         counts = {}
         for split in ("train", "val"):
             stream = tokens.encode_documents(tokenizer, _texts(Store(store), corpus_fp, split))
@@ -134,12 +137,20 @@ def tokenize(store: str, corpus_fp: str, vocab_fp: str) -> Record:
 
 def load_stream(store: Store, tokens_fp: str, split: str) -> np.ndarray:
     """A split's token ids as a read-only numpy view of the memory-mapped Parquet column."""
-    column = schemas.read_parquet(store.path("tokens", tokens_fp) / f"{split}.parquet").column("token_id")
+    column = schemas.read_parquet(store.local("tokens", tokens_fp) / f"{split}.parquet").column("token_id")
     return column.chunk(0).to_numpy(zero_copy_only=True) if column.num_chunks == 1 else column.to_numpy()
 
 
+def plan_to_dict(plan: CellPlan) -> dict[str, Any]:
+    """The plan as a task parameter. A cosine plan leaves `wsd` out, so that its cell keeps the id it
+    had before WSD existed."""
+    fields = asdict(plan)
+    return fields if plan.wsd is not None else {k: v for k, v in fields.items() if k != "wsd"}
+
+
 def plan_from_dict(plan: dict[str, Any]) -> CellPlan:
-    return CellPlan(**{**plan, "shape": ModelShape(**plan["shape"])})
+    wsd = plan.get("wsd")
+    return CellPlan(**{**plan, "shape": ModelShape(**plan["shape"]), "wsd": wsd and WsdSchedule(**wsd)})
 
 
 SUMMARY_COLUMNS = (
@@ -153,13 +164,64 @@ SUMMARY_COLUMNS = (
 )
 
 
+@artifact_task("trunks")
+def train_grid_trunk(
+    store: str,
+    tokens_fp: str,
+    plan: dict[str, Any],
+    branch_steps: list[int],
+    threads: int,
+    checkpoint_seconds: float,
+) -> Record:
+    """Train the trunk that the WSD cells of one (N, seed) branch from, with a snapshot at each branch
+    step; a failure is recorded in the trunk, not raised (its cells then fail and say so).
+
+    The trunk checkpoints every `checkpoint_seconds` and a rerun continues from that checkpoint.
+    """
+    params = dict(locals())
+    trunk_plan = plan_from_dict(plan)
+    logger = get_run_logger()
+
+    def build(out: Path, trunk_id: str) -> Record:
+        import torch  # imported by the worker that trains, not by the flow's process
+
+        from tasks.train import snapshot_name, train_trunk
+
+        torch.set_num_threads(threads)
+        # snapshots stay in the work folder until published: a resumed trunk does not save them again
+        work = work_dir(store, "trunks", trunk_id)
+        try:
+            checkpoints = Checkpoints(work / "checkpoint.pt", checkpoint_seconds)
+            stream = load_stream(Store(store), tokens_fp, "train")
+            record = train_trunk(trunk_plan, branch_steps, stream, work, checkpoints)
+        except Exception as error:  # recorded in the trunk; its cells fail and name it
+            logger.exception("trunk %s failed", trunk_id)
+            record = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+        snapshots = [work / snapshot_name(step) for step in branch_steps]
+        for snapshot in (path for path in snapshots if path.exists()):
+            shutil.copyfile(snapshot, out / snapshot.name)
+        logger.info("trunk %s %s: snapshots at steps %s", trunk_id, record["status"], branch_steps)
+        return record
+
+    record = _materialize("trunks", params, build)
+    shutil.rmtree(work_dir(store, "trunks", record["fp"]), ignore_errors=True)
+    return record
+
+
 @artifact_task("cells")
 def train_grid_cell(
-    store: str, tokens_fp: str, vocab_fp: str, plan: dict[str, Any], threads: int, checkpoint_seconds: float
+    store: str,
+    tokens_fp: str,
+    vocab_fp: str,
+    plan: dict[str, Any],
+    threads: int,
+    checkpoint_seconds: float,
+    trunk_fp: str | None = None,
 ) -> Record:
     """Train, evaluate and save one grid cell; a failure is recorded in the cell, not raised.
 
-    The cell checkpoints every `checkpoint_seconds` and a rerun continues from that checkpoint.
+    The cell checkpoints every `checkpoint_seconds` and a rerun continues from that checkpoint. A WSD
+    cell with a `trunk_fp` starts from that trunk's snapshot at its branch step.
     """
     params = dict(locals())
     cell_plan = plan_from_dict(plan)
@@ -170,15 +232,22 @@ def train_grid_cell(
 
         torch.set_num_threads(threads)
         try:
-            checkpoints = Checkpoints(_checkpoint_dir(store, cell_id) / "checkpoint.pt", checkpoint_seconds)
-            row, curve = _train(Store(store), tokens_fp, vocab_fp, cell_plan, out / "model", checkpoints)
+            checkpoints = Checkpoints(work_dir(store, "cells", cell_id) / "checkpoint.pt", checkpoint_seconds)
+            row, curve = _train(
+                Store(store), tokens_fp, vocab_fp, cell_plan, out / "model", checkpoints, trunk_fp
+            )
         except Exception as error:  # one cell's failure is recorded and must not stop the sweep
             logger.exception("cell %s failed", cell_id)
             row, curve = (
                 plan_columns(cell_plan) | {"status": "failed", "error": f"{type(error).__name__}: {error}"},
                 [],
             )
-        row |= {"cell_id": cell_id, "data_fp": tokens_fp, "finished_at": datetime.now(UTC)}
+        row |= {
+            "cell_id": cell_id,
+            "data_fp": tokens_fp,
+            "trunk_id": trunk_fp,
+            "finished_at": datetime.now(UTC),
+        }
         schemas.write_parquet([row], schemas.RUNS, out / "result.parquet")
         curve_rows = [{"cell_id": cell_id, **point} for point in curve]
         schemas.write_parquet(curve_rows, schemas.CURVES, out / "curve.parquet")
@@ -186,20 +255,27 @@ def train_grid_cell(
         return {key: row.get(key) for key in SUMMARY_COLUMNS}
 
     record = _materialize("cells", params, build)
-    shutil.rmtree(_checkpoint_dir(store, record["fp"]), ignore_errors=True)
+    shutil.rmtree(work_dir(store, "cells", record["fp"]), ignore_errors=True)
     return record
 
 
-def _checkpoint_dir(store: str, cell_id: str) -> Path:
-    return Store(store).scratch_dir(f"cells-{cell_id}")
+def work_dir(store: str, kind: str, fp: str, create: bool = True) -> Path:
+    """Where an artifact in progress keeps its checkpoints, on the machine that builds it."""
+    return Store(store).scratch_dir(f"{kind}-{fp}", create)
 
 
 def _train(
-    store: Store, tokens_fp: str, vocab_fp: str, plan: CellPlan, model_dir: Path, checkpoints: Checkpoints
+    store: Store,
+    tokens_fp: str,
+    vocab_fp: str,
+    plan: CellPlan,
+    model_dir: Path,
+    checkpoints: Checkpoints,
+    trunk_fp: str | None,
 ) -> tuple[dict, list]:
     from tasks.train import generate_sample, train_cell
 
-    vocab_dir = store.path("vocab", vocab_fp)
+    vocab_dir = store.local("vocab", vocab_fp)
     tokenizer = tokens.load_tokenizer(vocab_dir)
     outcome = train_cell(
         plan,
@@ -208,6 +284,7 @@ def _train(
         tokens.token_byte_lengths(tokenizer),
         model_dir,
         checkpoints,
+        _branch_snapshot(store, trunk_fp, plan),
     )
     if outcome.row["status"] == "ok":
         tokens.save_tokenizer(tokenizer, model_dir)
@@ -215,9 +292,25 @@ def _train(
     return outcome.row, outcome.curve
 
 
+def _branch_snapshot(store: Store, trunk_fp: str | None, plan: CellPlan) -> Path | None:
+    """The trunk snapshot a WSD cell starts from; None: the cell trains from its first step."""
+    from tasks.train import snapshot_name
+
+    if trunk_fp is None:
+        return None
+    snapshot = store.local("trunks", trunk_fp) / snapshot_name(plan.branch_step)
+    if not snapshot.exists():
+        trunk = store.marker("trunks", trunk_fp) or {"status": "missing", "error": None}
+        raise RuntimeError(
+            f"trunk {trunk_fp} ({trunk['status']}: {trunk['error']}) has no snapshot at step "
+            f"{plan.branch_step}; rerun the sweep to train it again"
+        )
+    return snapshot
+
+
 def cell_rows(store: Store, cell_ids: list[str]) -> list[dict]:
     """The `runs` rows of the given cells."""
-    return [schemas.read_parquet(store.path("cells", c) / "result.parquet").to_pylist()[0] for c in cell_ids]
+    return [store.read_table("cells", c, "result.parquet").to_pylist()[0] for c in cell_ids]
 
 
 @task(name="record-sweep", persist_result=False)
@@ -227,7 +320,7 @@ def record_sweep(store: str, sweep_id: str, sweep_name: str, cell_ids: list[str]
 
     def build(out: Path) -> Record:
         schemas.write_parquet(rows, schemas.SWEEPS, out / "cells.parquet")
-        return {"sweep_name": sweep_name, "cells": len(rows)}
+        return {"sweep_name": sweep_name, "cells": len(rows), "recorded_at": datetime.now(UTC).isoformat()}
 
     Store(store).publish("sweeps", sweep_id, build)
     return sweep_id
@@ -273,11 +366,12 @@ def write_report(store: str, sweep_name: str, cell_ids: list[str], fits_fp: str)
         from tasks import fits, report  # matplotlib and scipy, only where a report is drawn
 
         rows = cell_rows(Store(store), cell_ids)
-        fits_dir = Store(store).path("fits", fits_fp)
-        tables = [schemas.read_parquet(fits_dir / f"{name}.parquet").to_pylist() for name in FIT_TABLES]
+        tables = [
+            Store(store).read_table("fits", fits_fp, f"{name}.parquet").to_pylist() for name in FIT_TABLES
+        ]
         stored = fits.load_sweep_fits(rows, *tables)
         markdown = report.render_report(sweep_name, stored, rows, out)
         (out / "report.md").write_text(markdown)
-        return {"path": str(Store(store).path("reports", fp) / "report.md"), "markdown": markdown}
+        return {"path": Store(store).url("reports", fp, "report.md"), "markdown": markdown}
 
     return _materialize("reports", params, build)

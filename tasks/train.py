@@ -1,4 +1,5 @@
-"""Training and evaluating one grid cell: data order, schedule, loop, held-out metrics, sample."""
+"""Training and evaluating one grid cell: data order, schedule, loop, held-out metrics, sample; and the
+trunks that warmup-stable-decay (WSD) cells branch from."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from tasks.cell import CellPlan, Checkpoints, lr_multiplier, plan_columns
+from tasks.cell import CellPlan, Checkpoints, plan_columns, schedule_multiplier
 from tasks.model import (
     bf16_pays,
     build_model,
@@ -60,6 +61,35 @@ class Progress:
     interval_losses: list[float] = field(default_factory=list)
     train_seconds: float = 0.0
 
+    def record(self, plan: CellPlan, step: int, loss: float, lr: float, curve_every: int) -> None:
+        """Count a step's loss; every `curve_every` steps, and on the last, their mean is a curve point."""
+        self.interval_losses.append(loss)
+        if (step + 1) % curve_every == 0 or step + 1 == plan.steps:
+            self.curve.append(_curve_point(plan, step, self.interval_losses, lr))
+            self.interval_losses = []
+
+
+@dataclass
+class Run:
+    """A run under way: what trains, its learning-rate schedule, and where it stands."""
+
+    learner: Learner
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    progress: Progress
+
+
+@dataclass(frozen=True)
+class Divergence:
+    step: int
+    loss: float
+
+    def columns(self) -> dict:
+        return {
+            "status": "diverged",
+            "diverged_step": self.step,
+            "error": f"loss {self.loss:.4g} at step {self.step}",
+        }
+
 
 def train_cell(
     plan: CellPlan,
@@ -68,52 +98,120 @@ def train_cell(
     token_bytes: np.ndarray,
     model_dir: Path,
     checkpoints: Checkpoints | None = None,
+    branch_from: Path | None = None,
 ) -> CellOutcome:
     """Train (continuing from a checkpoint if there is one), evaluate and save one cell.
 
-    A diverged run is reported in the outcome, not raised.
+    A WSD cell given `branch_from`, its trunk's snapshot at the cell's branch step, starts from there and
+    trains only its cooldown, to the numbers of a run from the first step. A diverged run is reported in
+    the outcome, not raised.
     """
+    run = _start(plan, checkpoints)
+    resumed_from_step = run.progress.step
+    if branch_from is not None and not resumed_from_step:
+        run = _branch(run, plan, branch_from)
+    diverged = _train_steps(plan, run, train_stream, plan.steps, _curve_every(plan), checkpoints)
+    steps_done = plan.steps if diverged is None else diverged.step
+    progress = run.progress
+    row = _result_row(plan, run.learner, train_stream, steps_done, progress.train_seconds, progress.curve)
+    row["resumed_from_step"] = resumed_from_step
+    if diverged is not None:
+        return CellOutcome(row | diverged.columns(), progress.curve)
+    row |= evaluate(run.learner.model, val_stream, token_bytes, plan.context, plan.val_tokens)
+    run.learner.model.save_pretrained(model_dir)
+    return CellOutcome(row, progress.curve)
+
+
+def train_trunk(
+    plan: CellPlan,
+    branch_steps: list[int],
+    train_stream: np.ndarray,
+    snapshot_dir: Path,
+    checkpoints: Checkpoints | None = None,
+) -> dict:
+    """Train the trunk that the WSD cells of one (N, seed) branch from: `plan` (its longest cell) up to
+    the last of `branch_steps`, saving a snapshot in the checkpoint format after each branch step, as
+    `snapshot_dir / snapshot_name(step)`. Returns its record; a divergence is reported there, not raised.
+    """
+    run = _start(plan, checkpoints)
+    resumed_from_step = run.progress.step
+    snapshots = {step: snapshot_dir / snapshot_name(step) for step in branch_steps}
+    # a point per step: each branch rebuilds its own curve from them (see _branch)
+    diverged = _train_steps(plan, run, train_stream, max(branch_steps), 1, checkpoints, snapshots)
+    outcome = (
+        {"status": "ok", "error": None, "diverged_step": None} if diverged is None else diverged.columns()
+    )
+    return outcome | {
+        "steps": run.progress.step,
+        "train_seconds": run.progress.train_seconds,
+        "resumed_from_step": resumed_from_step,
+    }
+
+
+def snapshot_name(step: int) -> str:
+    return f"step-{step}.pt"
+
+
+def _start(plan: CellPlan, checkpoints: Checkpoints | None) -> Run:
     model = build_model(plan.shape, plan.vocab_size, plan.context, plan.seed)
     learner = make_learner(model, plan)
+    schedule = lr_schedule(learner.optimizer, plan)
+    return Run(learner, schedule, _resume(checkpoints, model, learner.optimizer, schedule))
+
+
+def _branch(run: Run, plan: CellPlan, snapshot: Path) -> Run:
+    """The run continued from its trunk's snapshot as if it had trained the trunk's steps itself: the rate
+    follows this plan from the snapshot's step on, and the trunk's per-step losses become this plan's
+    curve points, with the rates this plan's schedule gives them."""
+    state = _load_state(snapshot, run.learner.model, run.learner.optimizer)
+    trunk = Progress(**state["progress"])
+    progress = Progress(step=trunk.step, train_seconds=trunk.train_seconds)
+    for point in trunk.curve:
+        step = point["step"] - 1
+        lr = plan.lr * schedule_multiplier(plan, step + 1)  # as LambdaLR computes it after `step`
+        progress.record(plan, step, point["train_loss_nats"], lr, _curve_every(plan))
+    schedule = lr_schedule(run.learner.optimizer, plan, first_step=trunk.step)
+    return Run(run.learner, schedule, progress)
+
+
+def _train_steps(
+    plan: CellPlan,
+    run: Run,
+    train_stream: np.ndarray,
+    until: int,
+    curve_every: int,
+    checkpoints: Checkpoints | None,
+    snapshots: dict[int, Path] | None = None,
+) -> Divergence | None:
+    """Train from where the run stands up to step `until`, with a checkpoint every so often and a
+    snapshot after each step count that `snapshots` names; returns the divergence that stopped it."""
     train_windows = windows(train_stream, plan.context)
     order = sequence_order(len(train_windows), plan.steps * plan.batch_size, plan.seed)
-    schedule = lr_schedule(learner.optimizer, plan)
-    progress = _resume(checkpoints, model, learner.optimizer, schedule)
-    resumed_from_step = progress.step
     explode_at = DIVERGENCE_FACTOR * math.log(plan.vocab_size)
-    curve_every = max(1, plan.steps // 50)
-    diverged_step = None
-    model.train()
-    started = last_save = time.perf_counter()
-    for step in range(progress.step, plan.steps):
+    progress, snapshots = run.progress, snapshots or {}
+    run.learner.model.train()
+    clock = last_save = time.perf_counter()
+    for step in range(progress.step, until):
         rows = order[step * plan.batch_size : (step + 1) * plan.batch_size]
-        loss_value = learner.step(torch.from_numpy(train_windows[rows].astype(np.int64)))
-        if not math.isfinite(loss_value) or loss_value > explode_at:
-            diverged_step = step
-            break
-        schedule.step()
-        progress.interval_losses.append(loss_value)
-        if (step + 1) % curve_every == 0 or step + 1 == plan.steps:
-            progress.curve.append(
-                _curve_point(plan, step, progress.interval_losses, schedule.get_last_lr()[0])
-            )
-            progress.interval_losses = []
-        if checkpoints and time.perf_counter() - last_save >= checkpoints.every_seconds:
-            progress.step = step + 1
-            progress.train_seconds += time.perf_counter() - started
-            started = last_save = time.perf_counter()
-            _save_checkpoint(checkpoints.path, model, learner.optimizer, schedule, progress)
-    train_seconds = progress.train_seconds + time.perf_counter() - started
-    steps_done = plan.steps if diverged_step is None else diverged_step
-    row = _result_row(plan, learner, train_stream, steps_done, train_seconds, progress.curve)
-    row["resumed_from_step"] = resumed_from_step
-    if diverged_step is not None:
-        error = f"loss {loss_value:.4g} at step {diverged_step}"
-        row |= {"status": "diverged", "diverged_step": diverged_step, "error": error}
-        return CellOutcome(row, progress.curve)
-    row |= evaluate(model, val_stream, token_bytes, plan.context, plan.val_tokens)
-    model.save_pretrained(model_dir)
-    return CellOutcome(row, progress.curve)
+        loss = run.learner.step(torch.from_numpy(train_windows[rows].astype(np.int64)))
+        now = time.perf_counter()
+        progress.train_seconds += now - clock
+        clock = now
+        if not math.isfinite(loss) or loss > explode_at:
+            return Divergence(step, loss)
+        run.schedule.step()
+        progress.record(plan, step, loss, run.schedule.get_last_lr()[0], curve_every)
+        progress.step = step + 1
+        if progress.step in snapshots:  # before the checkpoint: a run resumed past it never saves it
+            _save_checkpoint(snapshots[progress.step], run)
+        if checkpoints and now - last_save >= checkpoints.every_seconds:
+            _save_checkpoint(checkpoints.path, run)
+            last_save = now
+    return None
+
+
+def _curve_every(plan: CellPlan) -> int:
+    return max(1, plan.steps // 50)
 
 
 @dataclass(frozen=True)
@@ -164,9 +262,13 @@ def precision_for(plan: CellPlan) -> Precision:
     return "bfloat16" if large and bf16_pays() else "float32"
 
 
-def lr_schedule(optimizer: torch.optim.Optimizer, plan: CellPlan) -> torch.optim.lr_scheduler.LambdaLR:
+def lr_schedule(
+    optimizer: torch.optim.Optimizer, plan: CellPlan, first_step: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The plan's schedule. From a `first_step` after 0 it continues an optimizer whose state was loaded
+    (torch's way to restore a schedule), and sets the rate that step takes."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_multiplier(s, plan.steps, plan.warmup_steps, plan.min_lr_ratio)
+        optimizer, lambda s: schedule_multiplier(plan, s), last_epoch=first_step - 1
     )
 
 
@@ -225,14 +327,14 @@ def next_token_nats(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor
     return torch.cat(nats).view(len(batch), -1)
 
 
-def _save_checkpoint(path: Path, model, optimizer, schedule, progress: Progress) -> None:
+def _save_checkpoint(path: Path, run: Run) -> None:
     """Model, optimizer, schedule, RNG and data position, replaced atomically (whole or not at all)."""
     state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "schedule": schedule.state_dict(),
+        "model": run.learner.model.state_dict(),
+        "optimizer": run.learner.optimizer.state_dict(),
+        "schedule": run.schedule.state_dict(),
         "rng": torch.random.get_rng_state(),
-        "progress": asdict(progress),
+        "progress": asdict(run.progress),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
@@ -245,12 +347,18 @@ def _save_checkpoint(path: Path, model, optimizer, schedule, progress: Progress)
 def _resume(checkpoints: Checkpoints | None, model, optimizer, schedule) -> Progress:
     if checkpoints is None or not checkpoints.path.exists():
         return Progress()
-    state = torch.load(checkpoints.path, weights_only=True)  # never unpickle arbitrary objects
+    state = _load_state(checkpoints.path, model, optimizer)
+    schedule.load_state_dict(state["schedule"])
+    return Progress(**state["progress"])
+
+
+def _load_state(path: Path, model, optimizer) -> dict:
+    """A checkpoint's model, optimizer and RNG state put in place; returns the whole checkpoint."""
+    state = torch.load(path, weights_only=True)  # never unpickle arbitrary objects
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
     torch.random.set_rng_state(state["rng"])
-    return Progress(**state["progress"])
+    return state
 
 
 def make_optimizer(model: torch.nn.Module, plan: CellPlan) -> torch.optim.AdamW:

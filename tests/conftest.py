@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -41,9 +44,36 @@ def text_folder(tmp_path: Path) -> Path:
 # One Prefect home (database, result files) for the whole session: a fresh one per test would
 # migrate a new database each time.
 PREFECT_HOME = tempfile.mkdtemp(prefix="scalelaw-tests-prefect-")
+# Flows that tests run in this process keep their database and results there too, give Prefect's
+# temporary server a busy machine's time to start, and keep Prefect's console log quiet as the CLI does.
+# Prefect reads these once, on import; conftest is imported before any test module.
+os.environ.update(
+    PREFECT_HOME=PREFECT_HOME,
+    PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90",
+    PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="CRITICAL",
+)
+os.environ.pop("PREFECT_API_URL", None)
 
 
-def cli_env() -> dict[str, str]:
+_shared_server = contextlib.ExitStack()
+_shared_api_url: list[str] = []
+
+
+def shared_api_url() -> str:
+    """One real Prefect server on the loopback address for the whole session, started on first use and
+    stopped at exit: flows that tests run report to it instead of each starting a temporary server
+    (about 15 s apiece). The smoke sweep alone runs as a user without a server does."""
+    if not _shared_api_url:
+        from deployments.serve import prefect_server
+
+        _shared_api_url.append(_shared_server.enter_context(prefect_server()))
+        atexit.register(_shared_server.close)
+    return _shared_api_url[0]
+
+
+def cli_env(own_server: bool = False) -> dict[str, str]:
+    """The CLI's environment; `own_server`: no Prefect server configured, as on a fresh machine."""
     env = dict(os.environ)
     env.update(
         PREFECT_HOME=PREFECT_HOME,
@@ -52,19 +82,103 @@ def cli_env() -> dict[str, str]:
         HF_HUB_OFFLINE="1",
     )
     env.pop("PREFECT_API_URL", None)
+    if not own_server:
+        env["PREFECT_API_URL"] = shared_api_url()
+    env.pop("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", None)  # the CLI's own choice, as for a user (-v)
     return env
 
 
-def run_cli(args: list[str], tmp_path: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: list[str], tmp_path: Path, timeout: float = 300, own_server: bool = False
+) -> subprocess.CompletedProcess[str]:
     """`scalelaw ARGS` as a user runs it: a fresh process, output captured."""
     return subprocess.run(
         [sys.executable, "-m", "flows.cli", *args],
         cwd=tmp_path,
-        env=cli_env(),
+        env=cli_env(own_server),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+@contextlib.contextmanager
+def shared_server_here() -> Iterator[None]:
+    """Flows run in this process report to the session's server."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: shared_api_url()}):
+        yield
+
+
+@pytest.fixture
+def scalelaw_here(capsys) -> Iterator[Callable[[list[str]], tuple[int, str, str]]]:
+    """`scalelaw ARGS` in this process, for work that trains nothing: (exit status, stdout, stderr).
+    The environment defaults and SIGTERM handler that `main` sets for a terminal are put back after."""
+    import signal
+
+    from flows import cli
+
+    environ, sigterm = dict(os.environ), signal.getsignal(signal.SIGTERM)
+
+    def scalelaw(args: list[str]) -> tuple[int, str, str]:
+        try:
+            with shared_server_here():
+                status = cli.main(args)
+        except SystemExit as exit:  # argparse refuses a malformed option itself
+            status = exit.code
+        printed = capsys.readouterr()
+        return status, printed.out, printed.err
+
+    yield scalelaw
+    for name in set(os.environ) - set(environ):
+        del os.environ[name]
+    os.environ.update(environ)
+    signal.signal(signal.SIGTERM, sigterm)
+
+
+@pytest.fixture(scope="session")
+def s3_location(tmp_path_factory) -> Iterator[str]:
+    """A bucket on a real S3-compatible server (moto) on the loopback address; credentials and the
+    endpoint come from the environment, as they would for a real bucket, and reach CLI subprocesses."""
+    moto_server = pytest.importorskip("moto.server", reason="the S3 tests need the test extras (moto)")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    environment = {
+        "AWS_ACCESS_KEY_ID": "scalelaw-test",
+        "AWS_SECRET_ACCESS_KEY": "scalelaw-test-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "SCALELAW_CACHE": str(tmp_path_factory.mktemp("s3-cache")),
+    }
+    saved = {name: os.environ.get(name) for name in environment}
+    os.environ.update(environment)
+    import fsspec
+
+    fsspec.filesystem("s3", skip_instance_cache=True).mkdir("scalelaw-tests")
+    try:
+        yield "s3://scalelaw-tests"
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        server.stop()
+
+
+def write_smoke_spec(path: Path, **sections: dict) -> Path:
+    """The smoke preset with fields changed (`section={field: value}`), as a YAML file."""
+    import yaml
+
+    from flows.spec import PRESETS
+
+    data = PRESETS["smoke"].model_dump(mode="json")
+    for section, changes in sections.items():
+        data[section] |= changes
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
 SMOKE_CELLS = 9
@@ -78,7 +192,7 @@ def smoke(tmp_path_factory) -> dict:
     home = tmp_path_factory.mktemp("smoke")
     store = home / "store"
     started = time.perf_counter()
-    result = run_cli(["run", "--preset", "smoke", "--store", str(store)], home)
+    result = run_cli(["run", "--preset", "smoke", "--store", str(store)], home, own_server=True)
     assert result.returncode == 0, result.stdout + result.stderr
     return {"home": home, "store": store, "seconds": time.perf_counter() - started, "output": result.stdout}
 
@@ -93,3 +207,14 @@ def runs_by_cell(store: Path, columns: str) -> dict[str, tuple]:
 
 def finished_at(store: Path) -> dict[str, object]:
     return {cell: values[0] for cell, values in runs_by_cell(store, "finished_at").items()}
+
+
+# Figures that tests report (bad inputs refused, writer kills survived), printed after the run.
+FIGURES: dict[str, str] = {}
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if FIGURES:
+        terminalreporter.section("figures")
+        for line in FIGURES.values():
+            terminalreporter.write_line(line)

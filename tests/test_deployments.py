@@ -39,7 +39,7 @@ def served(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("served")
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "server-home"))
-    env = cli_env()
+    env = cli_env(own_server=True)
     with prefect_server() as api_url:
         env["PREFECT_API_URL"] = api_url
         server = subprocess.Popen(

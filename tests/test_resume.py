@@ -10,18 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-from conftest import SMOKE_CELLS, cli_env, finished_at, run_cli, runs_by_cell
-
-from flows.spec import PRESETS
-
-
-def write_spec(path: Path, **sections: dict) -> Path:
-    data = PRESETS["smoke"].model_dump(mode="json")
-    for section, changes in sections.items():
-        data[section] |= changes
-    path.write_text(yaml.safe_dump(data))
-    return path
+from conftest import SMOKE_CELLS, cli_env, finished_at, run_cli, runs_by_cell, write_smoke_spec
 
 
 def complete_cells(store: Path) -> set[str]:
@@ -34,7 +23,7 @@ def checkpointed_cells(store: Path) -> set[str]:
 
 def test_a_killed_sweep_resumes_without_retraining_and_matches_an_uninterrupted_run(smoke, tmp_path):
     store = tmp_path / "store"
-    spec = write_spec(tmp_path / "spec.yaml", execution={"checkpoint_seconds": 0.3})
+    spec = write_smoke_spec(tmp_path / "spec.yaml", execution={"checkpoint_seconds": 0.3})
     command = [sys.executable, "-m", "flows.cli", "run", "--spec", str(spec), "--store", str(store)]
     sweep = subprocess.Popen(
         command,
@@ -72,16 +61,17 @@ def test_a_killed_sweep_resumes_without_retraining_and_matches_an_uninterrupted_
 
 def test_a_diverging_cell_is_recorded_and_alone_retried(tmp_path):
     store = tmp_path / "store"
-    spec = write_spec(
+    spec = write_smoke_spec(
         tmp_path / "spec.yaml",
-        grid={"model_sizes": [3000, 8000], "tokens": [8192, 24576]},
+        grid={"model_sizes": [3000, 8000], "tokens": [8192]},
         train={"lr_by_size": {3000: 20.0}},
+        fit={"bootstrap": 0},
     )
     first = run_cli(["run", "--spec", str(spec), "--store", str(store)], tmp_path)
     assert first.returncode == 1, first.stdout + first.stderr
-    assert "2 of 4 cells did not finish" in first.stderr and "diverged" in first.stderr
+    assert "1 of 2 cells did not finish" in first.stderr and "diverged" in first.stderr
     status = runs_by_cell(store, "status, params_target, diverged_step, finished_at")
-    assert sorted(v[0] for v in status.values()) == ["diverged", "diverged", "ok", "ok"]
+    assert sorted(v[0] for v in status.values()) == ["diverged", "ok"]
     assert all(v[1] == 3000 and v[2] is not None for v in status.values() if v[0] == "diverged")
 
     second = run_cli(["run", "--spec", str(spec), "--store", str(store)], tmp_path)
@@ -89,3 +79,30 @@ def test_a_diverging_cell_is_recorded_and_alone_retried(tmp_path):
     again = runs_by_cell(store, "status, params_target, diverged_step, finished_at")
     retried = {c for c in status if again[c][3] != status[c][3]}
     assert retried == {c for c, v in status.items() if v[0] == "diverged"}
+
+
+def test_sigterm_stops_the_sweep_and_its_workers_at_once(tmp_path):
+    store = tmp_path / "store"
+    spec = write_smoke_spec(
+        tmp_path / "spec.yaml",
+        grid={"model_sizes": [8000], "tokens": [300_000]},
+        execution={"checkpoint_seconds": 0.3},
+    )
+    command = [sys.executable, "-m", "flows.cli", "run", "--spec", str(spec), "--store", str(store)]
+    sweep = subprocess.Popen(command, cwd=tmp_path, env=cli_env(), start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not checkpointed_cells(store) and sweep.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert checkpointed_cells(store), "the cell never wrote a checkpoint"
+    sweep.send_signal(signal.SIGTERM)
+    assert sweep.wait(timeout=30) == 128 + signal.SIGTERM
+    stopped = time.monotonic()
+    while time.monotonic() - stopped < 15:
+        try:
+            os.killpg(sweep.pid, 0)  # anything of the sweep (workers, temporary server) still alive?
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("worker or server processes outlived the sweep by 15 s")
+    assert not complete_cells(store), "the cell was trained to the end instead of stopped"

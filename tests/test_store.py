@@ -16,7 +16,7 @@ def test_publish_moves_a_whole_folder_into_place_with_its_marker(tmp_path):
 
     record = store.publish("cells", "abc123", build)
     assert record == {"status": "ok", "rows": 1} == store.marker("cells", "abc123")
-    assert (store.path("cells", "abc123") / "data.txt").read_text() == "payload"
+    assert (store.local("cells", "abc123") / "data.txt").read_text() == "payload"
     assert not list((tmp_path / ".tmp").iterdir())
 
 
@@ -29,7 +29,7 @@ def test_a_failing_build_leaves_nothing_behind(tmp_path):
 
     with pytest.raises(OSError):
         store.publish("cells", "abc123", build)
-    assert not store.path("cells", "abc123").exists()
+    assert not store.local("cells", "abc123").exists()
     assert not list((tmp_path / ".tmp").iterdir())
 
 
@@ -46,7 +46,7 @@ def test_a_complete_copy_published_meanwhile_is_kept_and_a_failed_one_replaced(t
     store.publish("cells", "bad", lambda out: {"status": "failed"})
     store.publish("cells", "bad", lambda out: {"status": "ok"}, keep_existing=lambda r: r["status"] == "ok")
     assert store.marker("cells", "bad") == {"status": "ok"}
-    assert (store.path("cells", "bad") / COMPLETE_MARKER).exists()
+    assert (store.local("cells", "bad") / COMPLETE_MARKER).exists()
 
 
 @pytest.mark.parametrize(
@@ -54,7 +54,7 @@ def test_a_complete_copy_published_meanwhile_is_kept_and_a_failed_one_replaced(t
 )
 def test_names_cannot_escape_the_store(tmp_path, kind, fp):
     with pytest.raises(StoreError, match="not a valid artifact name"):
-        Store(tmp_path).path(kind, fp)
+        Store(tmp_path).local(kind, fp)
 
 
 def test_a_store_path_that_is_a_file_is_refused(tmp_path):

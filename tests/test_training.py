@@ -7,12 +7,22 @@ import torch.nn.functional as F
 from conftest import make_documents
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from flows.plan import cell_plans
+from flows.plan import cell_params, cell_plans, grid_params
 from flows.spec import PRESETS, GridSpec, SpecError, SweepSpec, TrainSpec, validate_spec
 from tasks import tokens
-from tasks.cell import CellPlan, Checkpoints, batch_size_for, lr_for_size, lr_multiplier
+from tasks.cell import (
+    CellPlan,
+    Checkpoints,
+    WsdSchedule,
+    batch_size_for,
+    lr_for_size,
+    lr_multiplier,
+    wsd_multiplier,
+)
 from tasks.model import ModelShape, build_model, count_params, shape_for_params
+from tasks.steps import step_fingerprint
 from tasks.train import (
+    Learner,
     TiedHeadLoss,
     evaluate,
     generate_sample,
@@ -20,7 +30,9 @@ from tasks.train import (
     next_token_nats,
     precision_for,
     sequence_order,
+    snapshot_name,
     train_cell,
+    train_trunk,
     windows,
 )
 
@@ -285,3 +297,77 @@ def test_a_bad_lr_gets_one_sentence():
         SpecError, match=r"^spec field train: lr 'fast' is neither .* nor 'rule'; give one of those\.$"
     ):
         validate_spec({"grid": {"model_sizes": [3000], "tokens": [8192]}, "train": {"lr": "fast"}})
+
+
+def test_wsd_schedule_warms_up_holds_then_cools_down_to_the_floor_on_the_last_step():
+    total, warmup, cooldown = 100, 10, 20
+    values = [wsd_multiplier(s, total, warmup, cooldown, 0.1) for s in range(total)]
+    assert values[0] == pytest.approx(0.1) and values[warmup - 1] == pytest.approx(1.0)
+    assert values[warmup : total - cooldown] == [1.0] * (total - cooldown - warmup)
+    decay = values[total - cooldown :]
+    assert np.all(np.diff(decay) < 0) and decay[-1] == pytest.approx(0.1)
+    assert decay[9] == pytest.approx(0.1 + 0.9 * (1 - math.sqrt(10 / 20)))  # 1-sqrt, not linear
+    longer = [wsd_multiplier(s, 2 * total, warmup, 2 * cooldown, 0.1) for s in range(total - cooldown)]
+    assert longer == values[: total - cooldown]  # up to a cooldown, runs of any length agree
+
+    plan = tiny_plan(wsd=WsdSchedule(cooldown_fraction=0.2, warmup_steps=3))
+    assert (plan.warmup_steps, plan.cooldown_steps, plan.branch_step) == (3, 6, 26)
+    rates, _ = schedule_values(plan, plan.steps)
+    assert rates[plan.branch_step - 1] == plan.lr > rates[plan.branch_step]
+    assert rates[-1] == pytest.approx(plan.lr * plan.min_lr_ratio)
+
+
+def test_wsd_cells_of_one_trunk_share_batch_and_warmup_and_cosine_cell_ids_stay():
+    grid = GridSpec(model_sizes=[3000, 8000], tokens=[8192, 65536])
+    smoke = PRESETS["smoke"]
+    wsd = smoke.model_copy(update={"grid": grid, "train": TrainSpec(context=64, schedule="wsd")})
+    plans = cell_plans(wsd, 512, 10**6, 10**5)
+    cells, trunks = grid_params(wsd, "/store", "tokens", "vocab", plans)
+    assert len(trunks) == 2 and {len(t["branch_steps"]) for t in trunks} == {2}
+    for size in (3000, 8000):
+        branches = [p for p in plans if p.params_target == size]
+        shortest = min(branches, key=lambda p: p.tokens_target)
+        assert {p.batch_size for p in branches} == {batch_size_for(8192, 64, 32, 50)}
+        assert {p.warmup_steps for p in branches} == {shortest.warmup_steps}
+    trunk_ids = {step_fingerprint("trunks", t) for t in trunks}
+    assert {c["trunk_fp"] for c in cells} == trunk_ids
+    first = cell_plans(smoke, 512, 10**7, 10**6)[0]  # cosine: ids from before WSD existed
+    assert (
+        step_fingerprint("cells", cell_params(smoke, "/s", "tokfp", "vocfp", first)) == "ced1d5d3c9fff626a0b4"
+    )
+    with pytest.raises(SpecError, match="add up to more than 1"):
+        validate_spec(
+            {
+                "grid": {"model_sizes": [3000], "tokens": [8192]},
+                "train": {"schedule": "wsd", "warmup_fraction": 0.5, "cooldown_fraction": 0.6},
+            }
+        )
+
+
+def test_wsd_branches_from_one_trunk_equal_runs_straight_through(streams, tokenizer, tmp_path, monkeypatch):
+    train, val = streams
+    token_bytes = tokens.token_byte_lengths(tokenizer)
+    torch.set_num_threads(1)
+    batches = []
+    learner_step = Learner.step
+    monkeypatch.setattr(
+        Learner, "step", lambda self, batch: batches.append(batch) or learner_step(self, batch)
+    )
+    wsd = WsdSchedule(cooldown_fraction=0.2, warmup_steps=3)
+    plans = [tiny_plan(tokens_target=d, wsd=wsd) for d in (8192, 16384)]
+    branch_steps = [p.branch_step for p in plans]
+    trunk = train_trunk(plans[-1], branch_steps, train, tmp_path / "trunk")
+    assert trunk["status"] == "ok" and trunk["steps"] == max(branch_steps) == 51
+    for plan in plans:
+        snapshot = tmp_path / "trunk" / snapshot_name(plan.branch_step)
+        batches.clear()
+        branch = train_cell(plan, train, val, token_bytes, tmp_path / f"branch{plan.steps}", None, snapshot)
+        assert len(batches) == plan.cooldown_steps  # the branch trained its cooldown only
+        whole = train_cell(plan, train, val, token_bytes, tmp_path / f"whole{plan.steps}")
+        timing = {"train_seconds", "tokens_per_second", "mfu"}
+        assert {k: v for k, v in branch.row.items() if k not in timing} == {
+            k: v for k, v in whole.row.items() if k not in timing
+        }
+        assert branch.curve == whole.curve
+        assert branch.row["tokens_seen"] == plan.tokens_target and branch.row["schedule"] == "wsd"
+        assert branch.row["branch_tokens"] == plan.branch_step * 8 * 32
