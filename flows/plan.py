@@ -9,8 +9,8 @@ from storage.store import fingerprint
 from tasks.cell import CellPlan, WsdSchedule, batch_size_for, lr_for_size
 from tasks.corpus import source_version
 from tasks.errors import InputError
+from tasks.identity import plan_to_dict, step_fingerprint
 from tasks.model import ModelShape, shape_for_params, training_flops_per_token
-from tasks.steps import plan_to_dict, step_fingerprint
 
 
 def model_shape(size: int | ModelShape) -> ModelShape:

@@ -20,8 +20,8 @@ from flows.plan import (
 from flows.spec import SweepSpec
 from storage.store import Store
 from tasks.cell import CellPlan
+from tasks.identity import step_fingerprint, work_dir
 from tasks.model import ModelShape
-from tasks.steps import step_fingerprint, work_dir
 
 STATE_STYLE = {
     "done": "green",

@@ -37,6 +37,7 @@ from flows.spec import PRESETS, ExecutionSpec, SweepSpec
 from flows.status import grid_artifact_rows
 from storage.store import Store
 from tasks import steps
+from tasks.identity import reusable, step_fingerprint
 
 ProgressCallback = Callable[[int, int, dict[str, Any]], None]
 _progress_listeners: list[ProgressCallback] = []
@@ -110,8 +111,8 @@ def run_step(step: Any, **params: Any) -> dict[str, Any]:
 
 
 def _reusable(step: Any, params: dict[str, Any]) -> bool:
-    fp = steps.step_fingerprint(step.name, params)
-    return steps.reusable(Store(params["store"]).marker(step.name, fp))
+    fp = step_fingerprint(step.name, params)
+    return reusable(Store(params["store"]).marker(step.name, fp))
 
 
 @flow(name="scaling-sweep", **FLOW_RESULTS)
@@ -172,7 +173,7 @@ def train_grid(grid: list[dict], trunks: list[dict] | None = None) -> list[dict]
     to_train: dict[str | None, list[dict]] = {}  # by the fingerprint of their trunk (None: no trunk)
     for params in grid:
         fp = _cell_fp(params)
-        if steps.reusable(Store(params["store"]).marker("cells", fp)):
+        if reusable(Store(params["store"]).marker("cells", fp)):
             results[fp] = steps.train_grid_cell(**params)
         else:
             to_train.setdefault(params["trunk_fp"], []).append(params)
@@ -184,7 +185,7 @@ def train_grid(grid: list[dict], trunks: list[dict] | None = None) -> list[dict]
         trunk_futures = [
             _submit_trunk(trunk)
             for trunk in trunks or []
-            if steps.step_fingerprint(steps.train_grid_trunk.name, trunk) in to_train
+            if step_fingerprint(steps.train_grid_trunk.name, trunk) in to_train
         ]
         for trunk in _as_finished(trunk_futures):
             submitted |= {
@@ -227,7 +228,7 @@ def _as_finished(futures: list[PrefectFuture]) -> Iterator[PrefectFuture]:
 
 
 def _cell_fp(params: dict) -> str:
-    return steps.step_fingerprint(steps.train_grid_cell.name, params)
+    return step_fingerprint(steps.train_grid_cell.name, params)
 
 
 def _submit_trunk(params: dict) -> PrefectFuture:

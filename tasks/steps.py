@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,27 +22,10 @@ from prefect import get_run_logger, task
 from storage import schemas
 from storage.store import Store, fingerprint
 from tasks import corpus, tokens
-from tasks.cell import CellPlan, Checkpoints, WsdSchedule, plan_columns
-from tasks.model import ModelShape
-
-# Bump a step's version when a code change alters its artifact: only that step and those
-# downstream of it are redone (a change to the fitting does not retrain any cell).
-CODE_VERSIONS = {"clean": 1, "vocab": 1, "tokens": 1, "trunks": 1, "cells": 2, "fits": 2, "reports": 2}
-# Parameters that do not change a result. A WSD cell's numbers are those of a run of its own (a test
-# holds them equal), so the trunk it branches from is not part of its identity.
-NOT_IDENTITY = frozenset({"store", "threads", "checkpoint_seconds", "trunk_fp"})
+from tasks.cell import CellPlan, Checkpoints, plan_columns
+from tasks.identity import plan_from_dict, reusable, step_fingerprint, work_dir
 
 Record = dict[str, Any]
-
-
-def step_fingerprint(kind: str, params: dict[str, Any]) -> str:
-    identity = {k: v for k, v in params.items() if k not in NOT_IDENTITY}
-    return fingerprint(kind, {"code": CODE_VERSIONS[kind], **identity})
-
-
-def reusable(record: Record | None) -> bool:
-    """A stored artifact that a rerun may return as is (failed and diverged cells are retried)."""
-    return record is not None and record.get("status", "ok") == "ok"
 
 
 def _cache_key(context: Any, parameters: dict[str, Any]) -> str:
@@ -139,18 +121,6 @@ def load_stream(store: Store, tokens_fp: str, split: str) -> np.ndarray:
     """A split's token ids as a read-only numpy view of the memory-mapped Parquet column."""
     column = schemas.read_parquet(store.local("tokens", tokens_fp) / f"{split}.parquet").column("token_id")
     return column.chunk(0).to_numpy(zero_copy_only=True) if column.num_chunks == 1 else column.to_numpy()
-
-
-def plan_to_dict(plan: CellPlan) -> dict[str, Any]:
-    """The plan as a task parameter. A cosine plan leaves `wsd` out, so that its cell keeps the id it
-    had before WSD existed."""
-    fields = asdict(plan)
-    return fields if plan.wsd is not None else {k: v for k, v in fields.items() if k != "wsd"}
-
-
-def plan_from_dict(plan: dict[str, Any]) -> CellPlan:
-    wsd = plan.get("wsd")
-    return CellPlan(**{**plan, "shape": ModelShape(**plan["shape"]), "wsd": wsd and WsdSchedule(**wsd)})
 
 
 SUMMARY_COLUMNS = (
@@ -257,11 +227,6 @@ def train_grid_cell(
     record = _materialize("cells", params, build)
     shutil.rmtree(work_dir(store, "cells", record["fp"]), ignore_errors=True)
     return record
-
-
-def work_dir(store: str, kind: str, fp: str, create: bool = True) -> Path:
-    """Where an artifact in progress keeps its checkpoints, on the machine that builds it."""
-    return Store(store).scratch_dir(f"{kind}-{fp}", create)
 
 
 def _train(

@@ -19,8 +19,8 @@ from tasks.cell import (
     lr_multiplier,
     wsd_multiplier,
 )
+from tasks.identity import step_fingerprint
 from tasks.model import ModelShape, build_model, count_params, shape_for_params
-from tasks.steps import step_fingerprint
 from tasks.train import (
     Learner,
     TiedHeadLoss,
