@@ -777,6 +777,7 @@ def _bootstrap_samples(
     best_row = np.arange(n_resamples) * len(warm_starts) + np.argmin(values, axis=1)
     names = tuple(spec.public(minimum.theta))
     samples = np.array([[spec.public(theta)[n] for n in names] for theta in x[best_row]])
+    samples[~np.isfinite(samples)] = np.nan  # a resample whose parameter overflowed says nothing of it
     return samples, names, float(np.mean(converged[best_row]))
 
 
@@ -807,8 +808,10 @@ def _fit_log_space(
     samples, sample_names = None, ()
     if bootstrap > 0:
         samples, sample_names, converged_share = _bootstrap_samples(spec, objective, minimum, bootstrap, seed)
+        with np.errstate(over="ignore"):  # resamples of a coefficient near 1e300: its spread is infinite
+            standard_errors = np.nanstd(samples, axis=0, ddof=1)
         intervals = _Intervals(
-            dict(zip(sample_names, np.nanstd(samples, axis=0, ddof=1), strict=True)),
+            dict(zip(sample_names, standard_errors, strict=True)),
             dict(zip(sample_names, np.nanpercentile(samples, 2.5, axis=0), strict=True)),
             dict(zip(sample_names, np.nanpercentile(samples, 97.5, axis=0), strict=True)),
         )
