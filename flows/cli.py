@@ -253,7 +253,7 @@ def _fit(args: argparse.Namespace) -> int:
     from flows.refit import refit_sweep
     from flows.sweep import start_prefect_api
 
-    store = existing_store(args.store or DEFAULT_STORE)
+    store = _existing_store(args.store or DEFAULT_STORE)
     start_prefect_api()
     summary = refit_sweep(store.location, args.sweep, args.params_kind, args.compute_kind)
     if args.format == "json":
@@ -331,7 +331,7 @@ def _read_runs_csv(args: argparse.Namespace) -> tuple:
     return N, np.asarray(D), loss
 
 
-def existing_store(location: str) -> Store:
+def _existing_store(location: str) -> Store:
     store = Store(location)
     if not store.exists():
         raise StoreError(f"store: {store.location} does not exist; run a sweep first or pass --store.")
@@ -343,7 +343,7 @@ def _query(args: argparse.Namespace) -> int:
 
     from storage.catalog import read_only_query
 
-    store = existing_store(args.store)
+    store = _existing_store(args.store)
     try:
         result = read_only_query(store, args.sql)
     except duckdb.Error as error:
