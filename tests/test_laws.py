@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import huber, logsumexp
 
@@ -353,6 +354,36 @@ def test_dispatcher_and_json_ready_dict(chinchilla_runs: tuple[np.ndarray, np.nd
     assert reduced["form"] == "multiplicative_reduced" and reduced["d"] is None
     with pytest.raises(ValueError, match="Unknown form 'chinchila'"):
         fit("chinchila", *chinchilla_runs)
+
+
+def kaplan_runs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    N, D = grid_runs()
+    return N, D, noisy(((8.8e13 / N) ** (0.076 / 0.095) + 5.4e13 / D) ** 0.095, seed=5)
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_every_registered_form_takes_a_bootstrap(form: str) -> None:
+    """`fit(form, ..., bootstrap=...)` once raised TypeError for every form but chinchilla."""
+    result = fit(form, *kaplan_runs(), bootstrap=20, seed=1)
+    assert tuple(result.params) == FORMS[form].params
+    assert "20-resample bootstrap" in result.note
+    assert result.samples is not None and result.samples.shape == (20, len(result.sample_names))
+    for name in result.sample_names:
+        assert result.ci_low[name] < result.ci_high[name], name
+        assert result.stderr[name] > 0, name
+
+
+def test_cli_fits_a_csv_with_any_form_and_a_bootstrap(tmp_path) -> None:
+    N, D, loss = kaplan_runs()
+    rows = "".join(f"{n},{d},{value}\n" for n, d, value in zip(N, D, loss, strict=True))
+    (tmp_path / "runs.csv").write_text("params,tokens,loss\n" + rows)
+    args = ["fit", "--csv", "runs.csv", "--form", "kaplan", "--bootstrap", "20", "--format", "json"]
+    done = run_cli(args, tmp_path, own_server=True)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["form"] == "kaplan" and "20-resample bootstrap" in record["note"]
+    low, high = record["ci"]["alpha_N"]
+    assert low < record["alpha_N"] < high
 
 
 @pytest.mark.parametrize(

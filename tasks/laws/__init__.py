@@ -1,0 +1,81 @@
+"""Scaling-law fitting: Chinchilla, Kaplan, single power laws and a multiplicative form.
+
+Plain numpy/scipy, so a notebook can ``from tasks.laws import fit_chinchilla`` and fit its own runs:
+
+    result = fit_chinchilla(N, D, loss, bootstrap=1000)   # FitResult: params, ci_low/high, note, ...
+    optimum = compute_optimal(result, [1e21, 1e23])       # N_opt, D_opt with a bootstrap band of N_opt
+
+Public API: FitResult, fit_chinchilla, fit_power_law, fit_kaplan, fit_multiplicative, fit / FORMS,
+compute_optimal, isoflop_optima, extrapolation_check, prediction_bands, result_to_dict,
+chinchilla_objective, chinchilla_start_grid.  Invalid input raises ValueError saying what is wrong and
+how to fix it.
+
+The modules, from the bottom up:
+    validation       input checks shared by every fitter
+    objective        log-space models and the Huber objective, batched over parameter rows
+    optimizer        a batched L-BFGS and its multistart (knows nothing of scaling laws)
+    uncertainty      sandwich covariance and delta method, bootstrap samples and percentile intervals
+    predictors       predicted loss of each result form
+    results          what the fitters return; a fit as a JSON-ready dict
+    forms            Chinchilla, Kaplan and the power laws, fitted in log space
+    multiplicative   the log-linear form and its rank-deficiency detection
+    registry         FORMS, one entry per form (fit, predict, params, bootstrap), and ``fit``
+    compute_optimal  closed-form compute-optimal allocation from a Chinchilla fit
+    isoflop          IsoFLOP profiles (Chinchilla's Approach 2)
+    extrapolation    fit on the smaller runs, predict the larger ones; prediction bands
+"""
+
+from tasks.laws.compute import FLOPS_PER_PARAM_TOKEN
+from tasks.laws.compute_optimal import compute_optimal
+from tasks.laws.extrapolation import extrapolation_check, prediction_bands
+from tasks.laws.forms import (
+    HUBER_DELTA_CHINCHILLA,
+    chinchilla_objective,
+    chinchilla_start_grid,
+    fit_chinchilla,
+    fit_kaplan,
+    fit_power_law,
+)
+from tasks.laws.isoflop import ISOFLOP_COMPUTE_RTOL, isoflop_optima
+from tasks.laws.multiplicative import MULTIPLICATIVE_RANK_RTOL, fit_multiplicative
+from tasks.laws.predictors import _predict_chinchilla as _predict_chinchilla
+from tasks.laws.registry import FORMS, BootstrapUnavailable, LawForm, fit
+from tasks.laws.results import (
+    ComputeOptimal,
+    ExtrapolationResult,
+    FitResult,
+    IsoFlopGroup,
+    IsoFlopResult,
+    PredictionBands,
+    result_to_dict,
+)
+from tasks.laws.uncertainty import Z_95
+
+__all__ = [
+    "FLOPS_PER_PARAM_TOKEN",
+    "FORMS",
+    "HUBER_DELTA_CHINCHILLA",
+    "ISOFLOP_COMPUTE_RTOL",
+    "MULTIPLICATIVE_RANK_RTOL",
+    "Z_95",
+    "BootstrapUnavailable",
+    "ComputeOptimal",
+    "ExtrapolationResult",
+    "FitResult",
+    "IsoFlopGroup",
+    "IsoFlopResult",
+    "LawForm",
+    "PredictionBands",
+    "chinchilla_objective",
+    "chinchilla_start_grid",
+    "compute_optimal",
+    "extrapolation_check",
+    "fit",
+    "fit_chinchilla",
+    "fit_kaplan",
+    "fit_multiplicative",
+    "fit_power_law",
+    "isoflop_optima",
+    "prediction_bands",
+    "result_to_dict",
+]
