@@ -115,6 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--sweep", help="with --store: the sweep's name (default: the newest sweep)")
     fit.add_argument("--params-kind", choices=["nonembedding", "total"], default="nonembedding")
     fit.add_argument("--compute-kind", choices=["6nd", "with_attention"], default="6nd")
+    fit.add_argument(
+        "--target", choices=["nats", "bits_per_byte"], default="nats", help="with --store: the loss"
+    )
     fit.add_argument("--form", default="chinchilla", help="with --csv: the law form (default: chinchilla)")
     fit.add_argument("--params-col", default="params", help="with --csv: column of N (default: params)")
     fit.add_argument("--tokens-col", default="tokens", help="with --csv: column of D (default: tokens)")
@@ -205,6 +208,13 @@ def _run_flow(spec: SweepSpec) -> tuple[dict | None, Exception | None]:
 
 
 def _print_laws(fits: dict) -> None:
+    verdict = fits.get("verdict")
+    if verdict is not None:
+        console.print(f"[bold]verdict[/bold]: {verdict['headline']}", highlight=False)
+        for finding in verdict["findings"]:
+            console.print(
+                f"  {finding['severity']}: {finding['reason']} Fix: {finding['fix']}.", highlight=False
+            )
     console.print("[bold]fitted laws[/bold]")
     for form, law in fits["laws"].items():
         console.print(f"  {form:16s} {law}", highlight=False)
@@ -255,7 +265,7 @@ def _fit(args: argparse.Namespace) -> int:
 
     store = _existing_store(args.store or DEFAULT_STORE)
     start_prefect_api()
-    summary = refit_sweep(store.location, args.sweep, args.params_kind, args.compute_kind)
+    summary = refit_sweep(store.location, args.sweep, args.params_kind, args.compute_kind, args.target)
     if args.format == "json":
         print(json.dumps(summary["fits"], indent=1, default=str))
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from flows.spec import SweepSpec
@@ -27,44 +28,102 @@ def cell_plans(spec: SweepSpec, vocab_size: int, train_tokens: int, val_tokens: 
         )
     train = spec.train
     plans = []
-    for size in spec.grid.model_sizes:
+    for size, tokens_target in grid_points(spec, vocab_size, train_tokens):
         shape = model_shape(size)
         lr = lr_for_size(shape.params_nonembedding()) if train.lr == "rule" else train.lr
-        for tokens_target in spec.grid.tokens:
-            _check_epochs(spec, tokens_target, train_tokens)
-            for seed in spec.grid.seeds:
-                plans.append(
-                    CellPlan(
-                        shape=shape,
-                        params_target=size if isinstance(size, int) else shape.params_nonembedding(),
-                        vocab_size=vocab_size,
-                        context=context,
-                        tokens_target=tokens_target,
-                        batch_size=batch_size_for(
-                            tokens_target,
-                            context,
-                            train.batch_size_by_size.get(size, train.batch_size),
-                            train.min_steps,
-                        ),
-                        seed=seed,
-                        lr=train.lr_by_size.get(size, lr),
-                        warmup_fraction=train.warmup_fraction,
-                        min_lr_ratio=train.min_lr_ratio,
-                        weight_decay=train.weight_decay,
-                        beta1=train.beta1,
-                        beta2=train.beta2_by_size.get(size, train.beta2),
-                        grad_clip=train.grad_clip,
-                        val_tokens=spec.eval.val_tokens,
-                        sample_prompt=spec.eval.sample_prompt,
-                        sample_tokens=spec.eval.sample_tokens,
-                        warmup_tokens_per_param=train.warmup_tokens_per_param,
-                        bf16_min_params=train.bf16_min_params,
-                        compile=train.compile,
-                    )
+        for seed in spec.grid.seeds:
+            plans.append(
+                CellPlan(
+                    shape=shape,
+                    params_target=size if isinstance(size, int) else shape.params_nonembedding(),
+                    vocab_size=vocab_size,
+                    context=context,
+                    tokens_target=tokens_target,
+                    batch_size=batch_size_for(
+                        tokens_target,
+                        context,
+                        train.batch_size_by_size.get(size, train.batch_size),
+                        train.min_steps,
+                    ),
+                    seed=seed,
+                    lr=train.lr_by_size.get(size, lr),
+                    warmup_fraction=train.warmup_fraction,
+                    min_lr_ratio=train.min_lr_ratio,
+                    weight_decay=train.weight_decay,
+                    beta1=train.beta1,
+                    beta2=train.beta2_by_size.get(size, train.beta2),
+                    grad_clip=train.grad_clip,
+                    val_tokens=spec.eval.val_tokens,
+                    sample_prompt=spec.eval.sample_prompt,
+                    sample_tokens=spec.eval.sample_tokens,
+                    warmup_tokens_per_param=train.warmup_tokens_per_param,
+                    bf16_min_params=train.bf16_min_params,
+                    compile=train.compile,
                 )
+            )
     if train.schedule == "wsd":
         plans = wsd_branches(plans, train.cooldown_fraction)
     return sorted(plans, key=training_cost, reverse=True)
+
+
+def grid_points(spec: SweepSpec, vocab_size: int, train_tokens: int) -> list[tuple[int | ModelShape, int]]:
+    """The grid's (model size, D) pairs: the product of sizes and tokens, or each budget's profile."""
+    grid = spec.grid
+    if grid.budgets is None:
+        points = [(size, tokens) for size in grid.model_sizes for tokens in grid.tokens]
+        for _, tokens in points:
+            _check_epochs(spec, tokens, train_tokens)
+        return points
+    points = {}
+    for budget in grid.budgets:
+        points |= dict.fromkeys(isoflop_points(spec, budget, vocab_size, train_tokens))
+    return list(points)
+
+
+def isoflop_points(
+    spec: SweepSpec, budget_flops: float, vocab_size: int, train_tokens: int
+) -> list[tuple[int | ModelShape, int]]:
+    """One budget's profile: `models_per_budget` consecutive sizes of the ladder, each with the D that
+    spends the budget in the fit's compute accounting, centred on the size whose D/N is nearest the
+    expected optimum's `tokens_per_param`. Windows whose D would exceed the training split (unless
+    repeated epochs are allowed) or leave fewer than `train.min_steps` full batches are passed over."""
+    grid, fit, context = spec.grid, spec.fit, spec.train.context
+    ladder = sorted(grid.model_sizes, key=lambda size: model_shape(size).params_nonembedding())
+    params = [_fit_params(model_shape(size), vocab_size, fit.params_kind) for size in ladder]
+    tokens = [
+        round(budget_flops / _flops_per_token(model_shape(size), vocab_size, context, fit.compute_kind))
+        for size in ladder
+    ]
+    most_tokens = math.inf if grid.allow_repeated_epochs else train_tokens
+    fewest_tokens = spec.train.min_steps * context * spec.train.batch_size
+    width = grid.models_per_budget
+    windows = [
+        start
+        for start in range(len(ladder) - width + 1)
+        if max(tokens[start : start + width]) <= most_tokens
+        and min(tokens[start : start + width]) >= fewest_tokens
+    ]
+    if not windows:
+        raise InputError(
+            f"grid.budgets: no {width} consecutive model sizes spend {budget_flops:.3g} FLOPs on between "
+            f"{fewest_tokens:,} and {most_tokens:,} tokens each; change that budget or the ladder of "
+            "grid.model_sizes."
+        )
+
+    def miss(start: int) -> float:
+        centre = start + width // 2
+        return abs(math.log(tokens[centre] / params[centre] / grid.tokens_per_param))
+
+    start = min(windows, key=miss)
+    return list(zip(ladder[start : start + width], tokens[start : start + width], strict=True))
+
+
+def _fit_params(shape: ModelShape, vocab_size: int, params_kind: str) -> int:
+    return shape.params_nonembedding() if params_kind == "nonembedding" else shape.params_total(vocab_size)
+
+
+def _flops_per_token(shape: ModelShape, vocab_size: int, context: int, compute_kind: str) -> float:
+    return training_flops_per_token(shape, vocab_size, context)[compute_kind]
 
 
 def wsd_branches(plans: list[CellPlan], cooldown_fraction: float) -> list[CellPlan]:

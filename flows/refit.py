@@ -18,6 +18,7 @@ def refit_sweep(
     sweep_name: str | None = None,
     params_kind: Literal["nonembedding", "total"] = "nonembedding",
     compute_kind: Literal["6nd", "with_attention"] = "6nd",
+    target: Literal["nats", "bits_per_byte"] = "nats",
     bootstrap: int = 200,
     holdout_fraction: float = 0.25,
 ) -> dict[str, Any]:
@@ -27,6 +28,7 @@ def refit_sweep(
     options = FitSpec(
         params_kind=params_kind,
         compute_kind=compute_kind,
+        target=target,
         bootstrap=bootstrap,
         holdout_fraction=holdout_fraction,
     )

@@ -45,16 +45,51 @@ class VocabSpec(_Strict):
 
 
 class GridSpec(_Strict):
+    """The cells: the product of `model_sizes` and `tokens`, or IsoFLOP profiles, one per compute budget:
+    `models_per_budget` consecutive ladder sizes around the expected optimum, each trained on the
+    tokens that spend the budget (Chinchilla's Approach 2 design)."""
+
     model_sizes: list[Annotated[int, Field(ge=1000, le=MAX_MODEL_PARAMS)] | ModelShape] = Field(
-        description="Model sizes N: target non-embedding parameter counts, or explicit shapes.", min_length=1
+        description="Model sizes N: target non-embedding parameter counts, or explicit shapes. With "
+        "budgets: the ladder that each budget picks its sizes from.",
+        min_length=1,
     )
-    tokens: list[Annotated[int, Field(ge=1)]] = Field(
-        description="Data sizes D: training tokens per cell.", min_length=1
+    tokens: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None,
+        description="Data sizes D: training tokens per cell (a product grid with model_sizes).",
+        min_length=1,
+    )
+    budgets: list[Annotated[float, Field(gt=0)]] | None = Field(
+        None,
+        description="Compute budgets in FLOPs, counted as fit.compute_kind says (6·N·D by default): "
+        "one IsoFLOP profile each, instead of grid.tokens.",
+        min_length=1,
+    )
+    models_per_budget: Annotated[int, Field(ge=3)] = Field(
+        5, description="With budgets: model sizes per budget, consecutive on the model_sizes ladder."
+    )
+    tokens_per_param: Annotated[float, Field(gt=0)] = Field(
+        20.0,
+        description="With budgets: the expected compute-optimal D/N (N as fit.params_kind counts it); "
+        "each budget's sizes are centred on the size nearest this ratio.",
     )
     seeds: list[int] = Field([0], min_length=1)
     allow_repeated_epochs: bool = Field(
         False, description="Allow D larger than the training split (the data then repeats)."
     )
+
+    @model_validator(mode="after")
+    def _tokens_or_budgets(self) -> GridSpec:
+        if self.tokens is None and self.budgets is None:
+            raise ValueError("give tokens (a product grid) or budgets (IsoFLOP profiles)")
+        if self.tokens is not None and self.budgets is not None:
+            raise ValueError("give tokens (a product grid) or budgets (IsoFLOP profiles), not both")
+        if self.budgets is not None and self.models_per_budget > len(self.model_sizes):
+            raise ValueError(
+                f"models_per_budget {self.models_per_budget} exceeds the {len(self.model_sizes)} "
+                "model_sizes it picks from; add sizes or lower it"
+            )
+        return self
 
 
 class TrainSpec(_Strict):
@@ -144,8 +179,15 @@ class FitSpec(_Strict):
     bootstrap: Annotated[int, Field(ge=0, le=MAX_BOOTSTRAP)] = Field(
         200, description="Bootstrap resamples of the cells for intervals and the compute-optimal band."
     )
+    target: Literal["nats", "bits_per_byte"] = Field(
+        "nats",
+        description="The loss the laws fit: held-out nats per token, or bits per byte of text, which "
+        "does not depend on the tokenizer (so sweeps with different vocabularies compare).",
+    )
     holdout_fraction: Annotated[float, Field(ge=0, lt=1)] = Field(
-        0.25, description="Share of the largest-compute cells held out to check extrapolation."
+        0.25,
+        description="Product grids: share of the largest-compute cells held out to check extrapolation "
+        "(IsoFLOP grids hold out their largest budget).",
     )
 
 
@@ -197,7 +239,7 @@ class SweepSpec(_Strict):
 
     @model_validator(mode="after")
     def _grid_fits_context(self) -> SweepSpec:
-        for tokens in self.grid.tokens:
+        for tokens in self.grid.tokens or []:
             if tokens < self.train.context:
                 raise ValueError(
                     f"grid.tokens value {tokens} is smaller than one context window "

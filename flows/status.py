@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 
@@ -21,7 +22,7 @@ from flows.spec import SweepSpec
 from storage.store import Store
 from tasks.cell import CellPlan
 from tasks.identity import step_fingerprint, work_dir
-from tasks.model import ModelShape
+from tasks.model import ModelShape, training_flops_per_token
 
 STATE_STYLE = {
     "done": "green",
@@ -43,6 +44,7 @@ class CellState:
     val_loss_nats: float | None = None
     train_seconds: float | None = None
     error: str | None = None
+    budget_flops: float | None = None  # IsoFLOP grids: the budget the cell spends
 
 
 def grid_status(spec: SweepSpec) -> list[CellState]:
@@ -58,13 +60,23 @@ def grid_status(spec: SweepSpec) -> list[CellState]:
     )
     if not tokens:
         unknown_size = 2**62  # the data is not tokenized yet: list the grid without the size checks
-        return [_missing(plan) for plan in cell_plans(spec, spec.vocab.size, unknown_size, unknown_size)]
-    plans = cell_plans(spec, vocab["vocab_size"], tokens["train_tokens"], tokens["val_tokens"])
-    states = []
-    for plan in plans:
-        cell_id = step_fingerprint("cells", cell_params(spec, root, tokens["fp"], vocab["fp"], plan))
-        states.append(_stored_state(store, cell_id, plan, spec.execution.checkpoint_seconds))
-    return sorted(states, key=lambda s: (s.params, s.tokens, s.seed))
+        plans = cell_plans(spec, spec.vocab.size, unknown_size, unknown_size)
+        states = [(plan, _missing(plan)) for plan in plans]
+    else:
+        plans = cell_plans(spec, vocab["vocab_size"], tokens["train_tokens"], tokens["val_tokens"])
+        states = []
+        for plan in plans:
+            cell_id = step_fingerprint("cells", cell_params(spec, root, tokens["fp"], vocab["fp"], plan))
+            states.append((plan, _stored_state(store, cell_id, plan, spec.execution.checkpoint_seconds)))
+    budgeted = [replace(state, budget_flops=_budget_of(spec, plan)) for plan, state in states]
+    return sorted(budgeted, key=lambda s: (s.params, s.tokens, s.seed))
+
+
+def _budget_of(spec: SweepSpec, plan: CellPlan) -> float | None:
+    if spec.grid.budgets is None:
+        return None
+    flops = training_flops_per_token(plan.shape, plan.vocab_size, plan.context)[spec.fit.compute_kind]
+    return min(spec.grid.budgets, key=lambda budget: abs(math.log(flops * plan.tokens_target / budget)))
 
 
 def _missing(plan: CellPlan, cell_id: str | None = None) -> CellState:
@@ -119,26 +131,30 @@ def stored_sweep(spec: SweepSpec) -> dict | None:
 
 
 def grid_table(spec: SweepSpec, cells: list[CellState]) -> Table:
-    """Rows N, columns D; each entry the cell's state (and loss when done)."""
+    """Rows N, columns D (or, for IsoFLOP grids, compute budgets); each entry the cell's state (and
+    loss when done)."""
     table = Table(
         title=f"sweep {spec.name}: {sum(c.state == 'done' for c in cells)} of {len(cells)} cells done"
     )
-    tokens = sorted({c.tokens for c in cells})
-    table.add_column("N \\ D", justify="right")
-    for value in tokens:
-        table.add_column(f"{value:,}", justify="center")
+    by_budget = spec.grid.budgets is not None
+    column_of = (lambda c: c.budget_flops) if by_budget else (lambda c: c.tokens)
+    columns = sorted({column_of(c) for c in cells})
+    table.add_column("N \\ C (FLOPs)" if by_budget else "N \\ D", justify="right")
+    for value in columns:
+        table.add_column(f"{value:.3g}" if by_budget else f"{value:,}", justify="center")
     for params in sorted({c.params for c in cells}):
         entries = []
-        for value in tokens:
-            here = [c for c in cells if c.params == params and c.tokens == value]
-            entries.append(" ".join(_entry(c) for c in here))
+        for value in columns:
+            here = [c for c in cells if c.params == params and column_of(c) == value]
+            entries.append(" ".join(_entry(c, show_tokens=by_budget) for c in here))
         table.add_row(f"{params:,}", *entries)
     return table
 
 
-def _entry(cell: CellState) -> str:
+def _entry(cell: CellState, show_tokens: bool = False) -> str:
     text = f"{cell.val_loss_nats:.3f}" if cell.state == "done" else cell.state
-    return f"[{STATE_STYLE[cell.state]}]{text}[/]"
+    tokens = f"D={cell.tokens / 1e6:.2f}M " if show_tokens else ""
+    return f"{tokens}[{STATE_STYLE[cell.state]}]{text}[/]"
 
 
 def grid_artifact_rows(grid: list[dict], records: dict[str, dict], running: set[str]) -> list[dict]:

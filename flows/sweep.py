@@ -7,6 +7,7 @@ import fcntl
 import multiprocessing
 import os
 import queue
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -152,13 +153,18 @@ def fit_and_report(
     report_store = Store(store)
     create_markdown_artifact(
         with_inline_images(report["markdown"], report_store.local("reports", report["fp"])),
-        key=f"report-{sweep_name.lower()}",
+        key=artifact_key("report", sweep_name),
         description="Scaling-law report",
     )
     folder = report_store.url("reports", report["fp"])
     link = Path(folder).as_uri() if report_store.is_local else folder
     create_link_artifact(link, link_text=f"{folder} (report and plots)", key="report-files")
     return fits, report
+
+
+def artifact_key(prefix: str, sweep_name: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits and dashes) from a sweep name such as 'lr-0.01'."""
+    return re.sub(r"[^a-z0-9-]", "-", f"{prefix}-{sweep_name.lower()}")
 
 
 @flow(name="train-grid", **FLOW_RESULTS)

@@ -15,6 +15,9 @@ VIEWS: dict[str, tuple[str, str, pa.Schema]] = {
     "curves": ("cells", "curve.parquet", schemas.CURVES),
     "sweeps": ("sweeps", "cells.parquet", schemas.SWEEPS),
     "fits": ("fits", "fits.parquet", schemas.FITS),
+    "isoflop": ("fits", "isoflop.parquet", schemas.ISOFLOP),
+    "extrapolation": ("fits", "extrapolation.parquet", schemas.EXTRAPOLATION),
+    "verdict": ("fits", "verdict.parquet", schemas.VERDICT),
     "corpus_stats": ("clean", "stats.parquet", schemas.CORPUS_STATS),
 }
 

@@ -111,6 +111,7 @@ FITS = pa.schema(
         ("converged", pa.bool_()),
         ("params_kind", pa.string()),
         ("compute_kind", pa.string()),
+        ("target", pa.string()),  # nats (per token) | bits_per_byte
         ("note", pa.string()),
     ]
 )
@@ -129,24 +130,44 @@ OPTIMAL = pa.schema(
 
 EXTRAPOLATION = pa.schema(
     [
-        ("threshold_compute", pa.float64()),
-        ("compute", pa.float64()),
-        ("observed", pa.float64()),
-        ("predicted", pa.float64()),
-        ("relative_error", pa.float64()),
+        ("fit_id", pa.string()),
+        ("cell_id", pa.string()),
+        ("compute", pa.float64()),  # in the fit's compute accounting (fits.compute_kind)
+        ("threshold_compute", pa.float64()),  # the smallest held-out compute
+        ("observed_loss", pa.float64()),  # in the fit's target (fits.target)
+        ("predicted_loss", pa.float64()),
+        ("relative_error", pa.float64()),  # (predicted - observed) / observed
     ]
 )
 
 ISOFLOP = pa.schema(
     [
-        ("group", pa.int64()),
-        ("compute", pa.float64()),
-        ("n_points", pa.int64()),
-        ("N_opt", pa.float64()),
+        ("fit_id", pa.string()),
+        ("budget_flops", pa.float64()),  # in the fit's compute accounting; a band's geometric mean
+        ("cells", pa.int64()),
+        ("n_min", pa.float64()),
+        ("n_max", pa.float64()),
+        ("n_opt", pa.float64()),
+        ("n_opt_ci_low", pa.float64()),
+        ("n_opt_ci_high", pa.float64()),
+        ("d_opt", pa.float64()),
         ("loss_at_opt", pa.float64()),
-        ("warning", pa.string()),
-        ("exponent_a", pa.float64()),
-        ("exponent_a_stderr", pa.float64()),
+        ("interior", pa.bool_()),  # the minimum lies strictly inside [n_min, n_max]
+        ("log_n_centre", pa.float64()),  # loss = curvature·x² + slope·x + intercept, x = ln N - centre
+        ("curvature", pa.float64()),
+        ("slope", pa.float64()),
+        ("intercept", pa.float64()),
+        ("note", pa.string()),
+    ]
+)
+
+VERDICT = pa.schema(
+    [
+        ("fit_id", pa.string()),
+        ("rule", pa.string()),
+        ("severity", pa.string()),  # untrusted | caution
+        ("reason", pa.string()),
+        ("fix", pa.string()),
     ]
 )
 

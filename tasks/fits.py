@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tasks import laws
+from tasks import checks, laws
 
 PARAMS_COLUMN = {"nonembedding": "params_nonembedding", "total": "params_total"}
 COMPUTE_COLUMN = {"6nd": "compute_6nd", "with_attention": "compute_with_attention"}
+TARGET_COLUMN = {"nats": "val_loss_nats", "bits_per_byte": "val_bits_per_byte"}
 
 
 @dataclass(frozen=True)
@@ -20,9 +21,11 @@ class SweepPoints:
     N: np.ndarray
     D: np.ndarray
     C: np.ndarray
-    loss: np.ndarray
+    loss: np.ndarray  # in the fit's target: nats per token or bits per byte
     params_kind: str
     compute_kind: str
+    target: str = "nats"
+    seeds: np.ndarray = field(default_factory=lambda: np.array([], dtype=int))
     excluded: list[str] = field(default_factory=list)  # "cell_id (status)" of cells left out
 
 
@@ -33,10 +36,12 @@ class SweepFits:
     skipped: dict[str, str]  # form -> why it was not fitted
     optimal: list[dict]  # compute-optimal allocation by budget, with bands when bootstrapped
     extrapolation: list[dict]  # held-out largest cells: observed against predicted loss
-    isoflop: list[dict]  # Chinchilla's Approach 2: per compute band, the parabola's N_opt
+    isoflop: list[dict]  # Chinchilla's Approach 2: per budget (or compute band), the parabola's N_opt
 
 
-def points_from_runs(rows: list[dict], params_kind: str, compute_kind: str) -> SweepPoints:
+def points_from_runs(
+    rows: list[dict], params_kind: str, compute_kind: str, target: str = "nats"
+) -> SweepPoints:
     """Points of the cells that finished `ok`; the others are listed as excluded."""
     ok = [r for r in rows if r["status"] == "ok"]
     excluded = [f"{r['cell_id']} ({r['status']})" for r in rows if r["status"] != "ok"]
@@ -45,9 +50,11 @@ def points_from_runs(rows: list[dict], params_kind: str, compute_kind: str) -> S
         N=np.array([r[PARAMS_COLUMN[params_kind]] for r in ok], dtype=float),
         D=np.array([r["tokens_seen"] for r in ok], dtype=float),
         C=np.array([r[COMPUTE_COLUMN[compute_kind]] for r in ok], dtype=float),
-        loss=np.array([r["val_loss_nats"] for r in ok], dtype=float),
+        loss=np.array([r[TARGET_COLUMN[target]] for r in ok], dtype=float),
         params_kind=params_kind,
         compute_kind=compute_kind,
+        target=target,
+        seeds=np.array([r["seed"] for r in ok], dtype=int),
         excluded=excluded,
     )
 
@@ -87,13 +94,14 @@ def fit_sweep(points: SweepPoints, bootstrap: int = 0, holdout_fraction: float =
             fits.append(attempt())
         except ValueError as error:
             skipped[form] = str(error)
+    held_out = checks.held_out(points.N, points.C, holdout_fraction)
     return SweepFits(
         points,
         fits,
         skipped,
         _optimal_rows(points, fits),
-        _extrapolation_rows(points, holdout_fraction),
-        _isoflop_rows(points),
+        checks.extrapolation_rows(points.cell_ids, points.N, points.D, points.C, points.loss, held_out),
+        checks.isoflop_rows(points.N, points.D, points.C, points.loss) if len(points.N) else [],
     )
 
 
@@ -129,55 +137,6 @@ def _optimal_rows(points: SweepPoints, results: list[laws.FitResult]) -> list[di
     ]
 
 
-ISOFLOP_BANDS = 3  # a grid of N x D is not laid out on iso-FLOP lines: bin its compute instead
-
-
-def _isoflop_rows(points: SweepPoints) -> list[dict]:
-    """Approach 2 on compute bands of the grid; groups that cannot place a minimum say why."""
-    try:
-        result = laws.isoflop_optima(
-            points.N, points.D, points.loss, compute=points.C, n_groups=ISOFLOP_BANDS
-        )
-    except ValueError:
-        return []
-    return [
-        {
-            "group": i,
-            "compute": g.compute,
-            "n_points": g.n_points,
-            "N_opt": g.N_opt,
-            "loss_at_opt": g.loss_at_opt,
-            "warning": g.warning or None,
-            "exponent_a": result.a,
-            "exponent_a_stderr": result.a_stderr,
-        }
-        for i, g in enumerate(result.groups)
-    ]
-
-
-def _extrapolation_rows(points: SweepPoints, holdout_fraction: float) -> list[dict]:
-    """Fit on the cells below a compute threshold; predict the largest `holdout_fraction` of cells."""
-    if holdout_fraction <= 0 or len(points.C) < 2:
-        return []
-    threshold = float(np.quantile(points.C, 1 - holdout_fraction))
-    try:
-        check = laws.extrapolation_check(points.N, points.D, points.loss, threshold_compute=threshold)
-    except ValueError:  # too few cells below the threshold for the form
-        return []
-    return [
-        {
-            "threshold_compute": threshold,
-            "compute": float(c),
-            "observed": float(o),
-            "predicted": float(p),
-            "relative_error": float(e),
-        }
-        for c, o, p, e in zip(
-            check.held_out_compute, check.observed, check.predicted, check.relative_error, strict=True
-        )
-    ]
-
-
 def fit_rows(fit_id: str, sweep: SweepFits) -> list[dict]:
     """One row per fitted parameter, for the `fits` table; skipped forms get one row saying why."""
     rows = [
@@ -194,6 +153,7 @@ def fit_rows(fit_id: str, sweep: SweepFits) -> list[dict]:
             "converged": fit.converged,
             "params_kind": sweep.points.params_kind,
             "compute_kind": sweep.points.compute_kind,
+            "target": sweep.points.target,
             "note": fit.note,
         }
         for fit in sweep.fits
@@ -209,6 +169,7 @@ def fit_rows(fit_id: str, sweep: SweepFits) -> list[dict]:
                 "converged": False,
                 "params_kind": sweep.points.params_kind,
                 "compute_kind": sweep.points.compute_kind,
+                "target": sweep.points.target,
                 "note": f"not fitted: {why}",
             }
         )
@@ -224,7 +185,9 @@ def load_sweep_fits(
 ) -> SweepFits:
     """Rebuild the fitted laws from the stored tables (estimates and intervals; no residuals)."""
     first = fit_table_rows[0]
-    points = points_from_runs(run_rows, first["params_kind"], first["compute_kind"])
+    points = points_from_runs(
+        run_rows, first["params_kind"], first["compute_kind"], first.get("target") or "nats"
+    )
     by_form: dict[str, list[dict]] = {}
     for row in fit_table_rows:
         by_form.setdefault(row["form"], []).append(row)

@@ -1,62 +1,59 @@
-"""The sweep report: Markdown text and PNG plots rendered from the fitted laws and the runs."""
+"""The sweep report: Markdown text (this module) and PNG plots (tasks.plots) rendered from the fitted
+laws, the verdict on them, and the runs."""
 
 from __future__ import annotations
 
 import base64
 import math
+import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
+from tasks import checks
 from tasks.fits import SweepFits, law_text
+from tasks.plots import CAPTIONS, PLOTS, loss_label, render_plots
+
+if TYPE_CHECKING:
+    from tasks.verdict import Verdict
 
 COMPUTE_NAMES = {"6nd": "6·N·D", "with_attention": "6·N·D plus attention and unembedding terms"}
-PLOTS = (
-    "loss_vs_N.png",
-    "loss_vs_D.png",
-    "compute_optimal.png",
-    "residuals.png",
-    "extrapolation.png",
-    "isoflop.png",
-)
+TARGET_NAMES = {
+    "nats": "validation loss in nats per token",
+    "bits_per_byte": "validation loss in bits per byte",
+}
+__all__ = ["PLOTS", "render_report", "with_inline_images"]
 
 
-def render_report(name: str, sweep: SweepFits, rows: list[dict], out: Path) -> str:
-    """Write the plots into `out` and return the report's Markdown (which links them)."""
-    chinchilla = next((f for f in sweep.fits if f.form == "chinchilla"), None)
-    _plot_loss_against(sweep, chinchilla, "N", out / PLOTS[0])
-    _plot_loss_against(sweep, chinchilla, "D", out / PLOTS[1])
-    _plot_compute_optimal(sweep, out / PLOTS[2])
-    _plot_residuals(sweep, out / PLOTS[3])
-    _plot_extrapolation(sweep, out / PLOTS[4])
-    _plot_isoflop(sweep, out / PLOTS[5])
+def render_report(name: str, sweep: SweepFits, verdict: Verdict | None, rows: list[dict], out: Path) -> str:
+    """Write the plots into `out` and return the report's Markdown (which links them): the verdict
+    first, then the fitted laws, the checks behind the verdict, the plots and the cells."""
+    render_plots(sweep, out)
     return "\n".join(
         [
             f"# Scaling laws: sweep `{name}`",
             "",
+            *_verdict_lines(verdict),
+            "## Fitted laws",
+            "",
             f"{len(sweep.points.cell_ids)} cells fitted; N = {_kind_of_n(sweep)}, "
-            f"C = {COMPUTE_NAMES[sweep.points.compute_kind]}.",
+            f"C = {COMPUTE_NAMES[sweep.points.compute_kind]}, target = "
+            f"{TARGET_NAMES.get(sweep.points.target, sweep.points.target)}.",
             *(
                 [f"Excluded from the fits: {', '.join(sweep.points.excluded)}."]
                 if sweep.points.excluded
                 else []
             ),
             "",
-            "## Fitted laws",
-            "",
-            *_fit_lines(sweep),
+            *_fit_lines(sweep, verdict),
             "",
             *_optimal_lines(sweep),
-            *_extrapolation_lines(sweep),
             *_isoflop_lines(sweep),
+            *_extrapolation_lines(sweep),
             "## Plots",
             "",
-            *[f"![{plot}]({plot})" for plot in PLOTS],
-            "",
+            *[line for plot in PLOTS for line in (f"![{CAPTIONS[plot]}]({plot})", "")],
             "## Cells",
             "",
             *_cell_table(rows),
@@ -76,25 +73,79 @@ def _kind_of_n(sweep: SweepFits) -> str:
     return "non-embedding parameters" if sweep.points.params_kind == "nonembedding" else "all parameters"
 
 
-def _fit_lines(sweep: SweepFits) -> list[str]:
+def _cell(value) -> str:
+    """A value as one Markdown table cell."""
+    return str(value).replace("|", "/").replace("\n", " ")
+
+
+def _verdict_lines(verdict: Verdict | None) -> list[str]:
+    if verdict is None:
+        return ["## Verdict", "", "No verdict was computed for this sweep.", ""]
+    lines = ["## Verdict", "", f"**{verdict.headline}**", ""]
+    if not verdict.findings:
+        return [*lines, "No check failed.", ""]
+    lines += ["| severity | reason | fix |", "| --- | --- | --- |"]
+    order = {"untrusted": 0, "caution": 1}
+    for finding in sorted(verdict.findings, key=lambda f: order.get(f.severity, 2)):
+        lines.append(f"| {_cell(finding.severity)} | {_cell(finding.reason)} | {_cell(finding.fix)} |")
+    return [*lines, ""]
+
+
+def _e_unidentified(verdict: Verdict | None) -> bool:
+    return verdict is not None and any(f.rule == "E_unidentified" for f in verdict.findings)
+
+
+def law_line(fit, verdict: Verdict | None) -> str:
+    """The fitted law as one line; a Chinchilla E the verdict calls unidentified (at its bound) is shown
+    as the symbol E, not as a number that reads like a finding."""
+    text = law_text(fit)
+    if fit.form != "chinchilla" or not _e_unidentified(verdict):
+        return text
+    return re.sub(r"= \S+ \+", "= E +", text, count=1) + " (E not identified: at its bound)"
+
+
+def _fit_lines(sweep: SweepFits, verdict: Verdict | None) -> list[str]:
     lines = [
         "| form | law | objective | points | converged | note |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for fit in sweep.fits:
-        cells = [fit.form, law_text(fit), f"{fit.objective:.4g}", fit.n_points, fit.converged, fit.note]
-        lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
-    lines += [f"| {form} | not fitted | | | | {why} |" for form, why in sweep.skipped.items()]
+        cells = [
+            fit.form,
+            law_line(fit, verdict),
+            f"{fit.objective:.4g}",
+            fit.n_points,
+            fit.converged,
+            fit.note,
+        ]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    lines += [f"| {form} | not fitted | | | | {_cell(why)} |" for form, why in sweep.skipped.items()]
+    chinchilla = _chinchilla(sweep)
+    if chinchilla is not None:
+        lines += [
+            "",
+            "Chinchilla-form parameters with their 95% bootstrap intervals: "
+            + ", ".join(
+                f"{name} = {chinchilla.params[name]:.4g} ({_interval(chinchilla, name)})"
+                for name in ("alpha", "beta", "A", "B", "E")
+                if name in chinchilla.params and not (name == "E" and _e_unidentified(verdict))
+            )
+            + ("; E not identified (the data do not place it)." if _e_unidentified(verdict) else "."),
+        ]
     return lines
 
 
+def _chinchilla(sweep: SweepFits):
+    return next((f for f in sweep.fits if f.form == "chinchilla"), None)
+
+
 def _optimal_lines(sweep: SweepFits) -> list[str]:
-    if not sweep.optimal:
+    chinchilla = _chinchilla(sweep)
+    if not sweep.optimal or chinchilla is None:
         return []
-    chinchilla = next(f for f in sweep.fits if f.form == "chinchilla")
     p = chinchilla.params
     lines = [
-        "## Compute-optimal allocation (from the Chinchilla-form fit, C = 6·N·D)",
+        "## Compute-optimal allocation (Approach 3: the Chinchilla-form fit, C = 6·N·D)",
         "",
         f"N_opt ∝ C^{p['a_opt']:.3f} (95% interval {_interval(chinchilla, 'a_opt')}), "
         f"D_opt ∝ C^{p['b_opt']:.3f} (95% interval {_interval(chinchilla, 'b_opt')}).",
@@ -102,53 +153,89 @@ def _optimal_lines(sweep: SweepFits) -> list[str]:
         "| compute (FLOP) | N_opt | N_opt 95% band | D_opt | tokens per parameter | predicted loss |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for i in np.linspace(0, len(sweep.optimal) - 1, 5).astype(int):
+    for i in np.unique(np.linspace(0, len(sweep.optimal) - 1, 5).astype(int)):
         r = sweep.optimal[i]
         lines.append(
-            f"| {r['compute']:.3g} | {r['N_opt']:.3g} | {r['N_opt_low']:.3g} .. {r['N_opt_high']:.3g} "
-            f"| {r['D_opt']:.3g} | {r['tokens_per_param']:.3g} | {r['loss']:.4f} |"
+            f"| {r['compute']:.3g} | {r['N_opt']:.3g} | {_range(r['N_opt_low'], r['N_opt_high'])} "
+            f"| {r['D_opt']:.3g} | {r['tokens_per_param']:.3g} "
+            f"| {r['loss']:.4f} |"
         )
     return [*lines, ""]
 
 
-def _interval(fit, name: str) -> str:
+def _interval(fit, name: str, fmt: str = ".3g") -> str:
     low, high = fit.ci_low.get(name), fit.ci_high.get(name)
-    return "n/a" if low is None or high is None or math.isnan(low) else f"{low:.3f} .. {high:.3f}"
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return "n/a"
+    return f"{low:{fmt}} .. {high:{fmt}}"
+
+
+def mean_abs_error(rows: list[dict]) -> float:
+    return float(np.mean(np.abs([r["relative_error"] for r in rows]))) if rows else math.nan
 
 
 def _extrapolation_lines(sweep: SweepFits) -> list[str]:
-    if not sweep.extrapolation:
+    rows = sweep.extrapolation
+    if not rows:
         return []
-    errors = [r["relative_error"] for r in sweep.extrapolation]
-    threshold = sweep.extrapolation[0]["threshold_compute"]
-    return [
+    unit = loss_label(sweep.points.target).removeprefix("validation loss ")
+    lines = [
         "## Extrapolation check",
         "",
-        f"Fitted on the cells below C = {threshold:.3g} FLOP, the Chinchilla form predicts the "
-        f"{len(errors)} larger cells with signed relative errors {', '.join(f'{e:+.2%}' for e in errors)} "
-        f"(mean |error| {np.mean(np.abs(errors)):.2%}).",
+        f"Fitted without the {len(rows)} held-out cells (C ≥ {rows[0]['threshold_compute']:.3g} FLOP), the "
+        f"Chinchilla form predicts them with mean |error| {mean_abs_error(rows):.2%} "
+        f"(largest {max(abs(r['relative_error']) for r in rows):.2%}).",
         "",
+        f"| cell | compute (FLOP) | observed loss {unit} | predicted loss | relative error |",
+        "| --- | --- | --- | --- | --- |",
     ]
+    for r in rows:
+        lines.append(
+            f"| {str(r['cell_id'])[:10]} | {r['compute']:.3g} | {r['observed_loss']:.4f} "
+            f"| {r['predicted_loss']:.4f} | {r['relative_error']:+.2%} |"
+        )
+    return [*lines, ""]
 
 
 def _isoflop_lines(sweep: SweepFits) -> list[str]:
     if not sweep.isoflop:
         return []
-    first = sweep.isoflop[0]
+    exponent = checks.isoflop_exponent(sweep.isoflop)
+    if math.isfinite(exponent["a"]):
+        interval = (
+            f"95% interval {exponent['a_ci_low']:.3f} .. {exponent['a_ci_high']:.3f}"
+            if math.isfinite(exponent["a_ci_low"])
+            else "no interval from two budgets"
+        )
+        summary = (
+            f"N_opt ∝ C^{exponent['a']:.3f} ({interval}) from the {exponent['budgets']} budgets whose "
+            "minimum lies inside their sampled sizes."
+        )
+        chinchilla = _chinchilla(sweep)
+        if chinchilla is not None and "a_opt" in chinchilla.params:
+            a3 = chinchilla.params["a_opt"]
+            summary += (
+                f" Approach 3 (the Chinchilla-form fit) gives a = β/(α+β) = {a3:.3f}; "
+                f"the two differ by {abs(exponent['a'] - a3):.3f}."
+            )
+    else:
+        summary = f"{exponent['budgets']} budget(s) with an interior minimum: too few for an exponent."
     lines = [
-        "## IsoFLOP profiles (Chinchilla's Approach 2, on compute bands of the grid)",
+        "## IsoFLOP profiles (Approach 2)",
         "",
-        f"N_opt ∝ C^{first['exponent_a']:.3f} ± {first['exponent_a_stderr']:.3f} across the usable bands."
-        if math.isfinite(first["exponent_a"])
-        else "Too few usable bands for an exponent.",
+        summary,
         "",
-        "| compute band (FLOP) | cells | N_opt | loss at N_opt | warning |",
-        "| --- | --- | --- | --- | --- |",
+        "| budget (FLOP) | cells | N sampled | N_opt | N_opt 95% CI | D_opt | loss at N_opt | interior "
+        "| note |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for g in sweep.isoflop:
         lines.append(
-            f"| {g['compute']:.3g} | {g['n_points']} | {_number(g['N_opt'], '.3g')} "
-            f"| {_number(g['loss_at_opt'])} | {g['warning'] or ''} |"
+            f"| {g['budget_flops']:.3g} | {g['cells']} | {g['n_min']:.3g} .. {g['n_max']:.3g} "
+            f"| {_number(g['n_opt'], '.3g')} | {_range(g['n_opt_ci_low'], g['n_opt_ci_high'])} "
+            f"| {_number(g['d_opt'], '.3g')} "
+            f"| {_number(g['loss_at_opt'])} | {'yes' if g['interior'] else 'no'} "
+            f"| {_cell(g.get('note') or '')} |"
         )
     return [*lines, ""]
 
@@ -172,97 +259,6 @@ def _number(value: float | None, fmt: str = ".4f") -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
 
-def _plot_loss_against(sweep: SweepFits, chinchilla, axis: str, path: Path) -> None:
-    points = sweep.points
-    x, group = (points.N, points.D) if axis == "N" else (points.D, points.N)
-    figure, ax = plt.subplots(figsize=(6, 4))
-    colours = plt.cm.viridis(np.linspace(0, 0.9, len(np.unique(group))))
-    for colour, value in zip(colours, np.unique(group), strict=True):
-        mask = group == value
-        label = f"{'D' if axis == 'N' else 'N'} = {value:.3g}"
-        ax.scatter(x[mask], points.loss[mask], color=colour, label=label, zorder=3)
-        if chinchilla is not None:
-            grid = np.geomspace(x.min() / 1.5, x.max() * 1.5, 60)
-            other = np.full_like(grid, value)
-            predicted = chinchilla.predict(grid, other) if axis == "N" else chinchilla.predict(other, grid)
-            ax.plot(grid, predicted, color=colour, alpha=0.7)
-    ax.set_xscale("log")
-    ax.set_xlabel("N (parameters)" if axis == "N" else "D (tokens)")
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title(f"Loss against {axis}; lines: Chinchilla-form fit")
-    ax.legend(fontsize=7)
-    _save(figure, path)
-
-
-def _plot_compute_optimal(sweep: SweepFits, path: Path) -> None:
-    points = sweep.points
-    figure, ax = plt.subplots(figsize=(6, 4))
-    scatter = ax.scatter(points.C, points.N, c=points.loss, cmap="viridis_r", zorder=3)
-    figure.colorbar(scatter, label="validation loss (nats/token)")
-    if sweep.optimal:
-        compute = [r["compute"] for r in sweep.optimal]
-        ax.plot(compute, [r["N_opt"] for r in sweep.optimal], color="crimson", label="compute-optimal N")
-        low, high = [r["N_opt_low"] for r in sweep.optimal], [r["N_opt_high"] for r in sweep.optimal]
-        if not any(math.isnan(v) for v in low):
-            ax.fill_between(compute, low, high, color="crimson", alpha=0.2, label="95% bootstrap band")
-        ax.legend(fontsize=8)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("compute C (FLOP)")
-    ax.set_ylabel("N (parameters)")
-    ax.set_title("Cells and the compute-optimal frontier")
-    _save(figure, path)
-
-
-def _plot_residuals(sweep: SweepFits, path: Path) -> None:
-    figure, ax = plt.subplots(figsize=(6, 3.5))
-    chinchilla = next((f for f in sweep.fits if f.form == "chinchilla"), None)
-    points = sweep.points
-    if chinchilla is not None:
-        residual = np.log(points.loss) - np.log(chinchilla.predict(points.N, points.D))
-        ax.scatter(points.C, residual, c=np.log10(points.N), cmap="viridis", zorder=3)
-        ax.axhline(0, color="grey", lw=1)
-    ax.set_xscale("log")
-    ax.set_xlabel("compute C (FLOP)")
-    ax.set_ylabel("log(observed / fitted)")
-    ax.set_title("Chinchilla-form residuals (colour: log10 N)")
-    _save(figure, path)
-
-
-def _plot_extrapolation(sweep: SweepFits, path: Path) -> None:
-    figure, ax = plt.subplots(figsize=(6, 3.5))
-    rows = sweep.extrapolation
-    if rows:
-        ax.bar(range(len(rows)), [100 * r["relative_error"] for r in rows], color="steelblue")
-        ax.set_xticks(range(len(rows)), [f"{r['compute']:.2g}" for r in rows], fontsize=7)
-        ax.axhline(0, color="grey", lw=1)
-    ax.set_xlabel("held-out cell's compute (FLOP)")
-    ax.set_ylabel("predicted − observed (% of observed)")
-    ax.set_title("Extrapolation: fit on smaller cells, predict the largest")
-    _save(figure, path)
-
-
-def _plot_isoflop(sweep: SweepFits, path: Path) -> None:
-    points = sweep.points
-    figure, ax = plt.subplots(figsize=(6, 3.5))
-    if sweep.isoflop:
-        edges = np.linspace(np.log(points.C).min(), np.log(points.C).max(), len(sweep.isoflop) + 1)
-        band = np.clip(np.searchsorted(edges, np.log(points.C), side="right") - 1, 0, len(sweep.isoflop) - 1)
-        colours = plt.cm.plasma(np.linspace(0, 0.85, len(sweep.isoflop)))
-        for group, colour in zip(sweep.isoflop, colours, strict=True):
-            mask = band == group["group"]
-            ax.scatter(points.N[mask], points.loss[mask], color=colour, label=f"C ≈ {group['compute']:.2g}")
-            if group["N_opt"] is not None and math.isfinite(group["N_opt"]):
-                ax.axvline(group["N_opt"], color=colour, ls="--", lw=1)
-        ax.legend(fontsize=7)
-    ax.set_xscale("log")
-    ax.set_xlabel("N (parameters)")
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title("IsoFLOP bands; dashed: each band's parabola minimum")
-    _save(figure, path)
-
-
-def _save(figure, path: Path) -> None:
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+def _range(low: float | None, high: float | None) -> str:
+    low_text, high_text = _number(low, ".3g"), _number(high, ".3g")
+    return f"{low_text} .. {high_text}" if low_text and high_text else ""

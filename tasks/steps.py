@@ -297,29 +297,42 @@ def fit_laws(
     cell_ids: list[str],
     params_kind: str,
     compute_kind: str,
+    target: str,
     bootstrap: int,
     holdout_fraction: float,
 ) -> Record:
     """Every law form fitted to the sweep's finished cells (fits.parquet), the compute-optimal
-    allocation (optimal.parquet) and the extrapolation check (extrapolation.parquet)."""
+    allocation (optimal.parquet), the extrapolation check (extrapolation.parquet), the IsoFLOP
+    profiles (isoflop.parquet) and the verdict on the law (verdict.parquet)."""
     params = dict(locals())
 
     def build(out: Path, fp: str) -> Record:
-        from tasks import fits  # scipy: imported where laws are fitted, not by every worker
+        from tasks import fits, verdict  # scipy: imported where laws are fitted, not by every worker
 
-        points = fits.points_from_runs(cell_rows(Store(store), cell_ids), params_kind, compute_kind)
+        rows = cell_rows(Store(store), cell_ids)
+        points = fits.points_from_runs(rows, params_kind, compute_kind, target)
         sweep = fits.fit_sweep(points, bootstrap, holdout_fraction)
-        schemas.write_parquet(fits.fit_rows(fp, sweep), schemas.FITS, out / "fits.parquet")
-        schemas.write_parquet(sweep.optimal, schemas.OPTIMAL, out / "optimal.parquet")
-        schemas.write_parquet(sweep.extrapolation, schemas.EXTRAPOLATION, out / "extrapolation.parquet")
-        schemas.write_parquet(sweep.isoflop, schemas.ISOFLOP, out / "isoflop.parquet")
-        laws_text = {f.form: fits.law_text(f) for f in sweep.fits}
-        return {"laws": laws_text, "skipped": sweep.skipped, "excluded": points.excluded}
+        judged = verdict.judge(sweep)
+        tables = {
+            "fits": (fits.fit_rows(fp, sweep), schemas.FITS),
+            "optimal": (sweep.optimal, schemas.OPTIMAL),
+            "extrapolation": ([{"fit_id": fp, **r} for r in sweep.extrapolation], schemas.EXTRAPOLATION),
+            "isoflop": ([{"fit_id": fp, **r} for r in sweep.isoflop], schemas.ISOFLOP),
+            "verdict": ([{"fit_id": fp, **vars(f)} for f in judged.findings], schemas.VERDICT),
+        }
+        for name, (table_rows, schema) in tables.items():
+            schemas.write_parquet(table_rows, schema, out / f"{name}.parquet")
+        return {
+            "laws": {f.form: fits.law_text(f) for f in sweep.fits},
+            "skipped": sweep.skipped,
+            "excluded": points.excluded,
+            "verdict": {"headline": judged.headline, "findings": [vars(f) for f in judged.findings]},
+        }
 
     return _materialize("fits", params, build)
 
 
-FIT_TABLES = ("fits", "optimal", "extrapolation", "isoflop")
+FIT_TABLES = ("fits", "optimal", "extrapolation", "isoflop", "verdict")
 
 
 @artifact_task("reports")
@@ -328,14 +341,18 @@ def write_report(store: str, sweep_name: str, cell_ids: list[str], fits_fp: str)
     params = dict(locals())
 
     def build(out: Path, fp: str) -> Record:
-        from tasks import fits, report  # matplotlib and scipy, only where a report is drawn
+        from tasks import fits, report, verdict  # matplotlib and scipy, only where a report is drawn
 
         rows = cell_rows(Store(store), cell_ids)
-        tables = [
-            Store(store).read_table("fits", fits_fp, f"{name}.parquet").to_pylist() for name in FIT_TABLES
+        tables = {
+            name: Store(store).read_table("fits", fits_fp, f"{name}.parquet").to_pylist()
+            for name in FIT_TABLES
+        }
+        findings = [
+            verdict.Finding(**{k: v for k, v in r.items() if k != "fit_id"}) for r in tables.pop("verdict")
         ]
-        stored = fits.load_sweep_fits(rows, *tables)
-        markdown = report.render_report(sweep_name, stored, rows, out)
+        stored = fits.load_sweep_fits(rows, *tables.values())
+        markdown = report.render_report(sweep_name, stored, verdict.Verdict(tuple(findings)), rows, out)
         (out / "report.md").write_text(markdown)
         return {"path": Store(store).url("reports", fp, "report.md"), "markdown": markdown}
 

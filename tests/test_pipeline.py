@@ -99,3 +99,34 @@ def test_status_shows_the_grid_done(smoke):
     result = run_cli(["status", "--preset", "smoke", "--store", str(smoke["store"])], smoke["home"])
     assert result.returncode == 0, result.stderr
     assert f"{SMOKE_CELLS} of {SMOKE_CELLS} cells done" in result.stdout
+
+
+def test_the_verdict_distrusts_the_smoke_law_and_the_check_views_are_queryable(smoke):
+    assert "verdict: Not to be trusted" in smoke["output"]
+    con = open_catalog(Store(smoke["store"]))
+    columns = {
+        view: {row[0] for row in con.execute(f"describe {view}").fetchall()}
+        for view in ("isoflop", "extrapolation")
+    }
+    assert {
+        "budget_flops",
+        "cells",
+        "n_opt",
+        "n_opt_ci_low",
+        "n_opt_ci_high",
+        "loss_at_opt",
+        "interior",
+    } <= columns["isoflop"]
+    assert {"cell_id", "observed_loss", "predicted_loss", "relative_error"} <= columns["extrapolation"]
+    # a product grid holds out its largest-compute quarter, counted as the fit counts compute
+    held_out = con.execute(
+        "select count(*), min(e.compute) from extrapolation e join runs r using (cell_id)"
+        " where e.compute = r.compute_6nd"
+    ).fetchone()
+    assert held_out[0] == 3
+    assert con.execute("select count(*) from runs where compute_6nd >= ?", [held_out[1]]).fetchone()[0] == 3
+    rules = {
+        row[0] for row in con.execute("select rule from verdict where severity = 'untrusted'").fetchall()
+    }
+    assert "N_span" in rules  # 3k to 20k parameters: under a decade
+    assert con.execute("select distinct target from fits").fetchall() == [("nats",)]

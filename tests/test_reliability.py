@@ -170,6 +170,7 @@ def run_row(cell_id: str, n: int, d: int, status: str) -> dict:
     return {
         "cell_id": cell_id,
         "status": status,
+        "seed": 0,
         "error": None if status == "ok" else "loss nan at step 12",
         "diverged_step": 12 if status == "diverged" else None,
         "params_nonembedding": n,

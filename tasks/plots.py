@@ -1,0 +1,379 @@
+"""The sweep report's PNG plots: IsoFLOP profiles, compute-optimal N and D against C, loss contours of
+the fitted surface, held-out predictions, and loss against N and D with the fit's residuals."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import LogNorm
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from tasks import checks
+from tasks.fits import SweepFits
+from tasks.laws import FLOPS_PER_PARAM_TOKEN
+
+CAPTIONS = {  # file name -> alt text, in the report's order
+    "isoflop.png": "IsoFLOP profiles: each budget's parabola in ln N and its minimum",
+    "compute_optimal.png": "Compute-optimal N and D against C (Approaches 2 and 3)",
+    "loss_contours.png": "Loss contours of the fitted Chinchilla surface, the cells, the efficient frontier",
+    "extrapolation.png": "Held-out cells: predicted against observed loss",
+    "loss_vs_N.png": "Loss against N",
+    "loss_vs_D.png": "Loss against D",
+    "residuals.png": "Chinchilla-form residuals",
+}
+PLOTS = tuple(CAPTIONS)
+TOLERANCE = 0.02  # the extrapolation plot's band: predictions within ±2% of the observed loss
+MAX_CURVES = 6  # loss against N (or D): at most this many of the fit's curves
+
+
+def loss_label(target: str) -> str:
+    return "validation loss (bits/byte)" if target == "bits_per_byte" else "validation loss (nats/token)"
+
+
+def render_plots(sweep: SweepFits, out: Path) -> None:
+    """Write every file of PLOTS into `out`."""
+    chinchilla = next((f for f in sweep.fits if f.form == "chinchilla"), None)
+    _plot_isoflop(sweep, out / "isoflop.png")
+    _plot_optimal(sweep, out / "compute_optimal.png")
+    _plot_contours(sweep, chinchilla, out / "loss_contours.png")
+    _plot_extrapolation(sweep, out / "extrapolation.png")
+    _plot_loss_against(sweep, chinchilla, "N", out / "loss_vs_N.png")
+    _plot_loss_against(sweep, chinchilla, "D", out / "loss_vs_D.png")
+    _plot_residuals(sweep, chinchilla, out / "residuals.png")
+
+
+def finite(value) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def si(value: float, _position=None) -> str:
+    """10000 -> "10k", 2.5e6 -> "2.5M": tick labels for counts of parameters and tokens."""
+    if value <= 0:
+        return ""
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:.3g}{prefix}"
+    return f"{value:.3g}"
+
+
+def sci(value: float, _position=None) -> str:
+    """1e12 -> "10¹²" and 2e12 -> "2×10¹²" (mathtext): tick labels for compute."""
+    if value <= 0:
+        return ""
+    exponent = math.floor(math.log10(value) + 1e-9)
+    mantissa = value / 10**exponent
+    head = "" if abs(mantissa - 1) < 1e-6 else f"{mantissa:.2g}{{\\times}}"
+    return f"${head}10^{{{exponent}}}$"
+
+
+def _log_axis(ax, axis: str, counts: bool) -> None:
+    """A log axis; counts (N, D) labelled as 10k, 1M, compute as powers of ten."""
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    low, high = ax.get_xlim() if axis == "x" else ax.get_ylim()
+    _log_ticks(ax.xaxis if axis == "x" else ax.yaxis, low, high, counts)
+
+
+def _log_ticks(target, low: float, high: float, counts: bool) -> None:
+    """Labels at decades, or also at 2 and 5 when the axis spans under two decades, or (for the short
+    labels of counts) at every digit under one decade; none on the minor ticks, where they would overlap."""
+    ratio = high / max(low, 1e-300)
+    subs = (1.0, 2.0, 5.0) if ratio < 100 else (1.0,)
+    subs = np.arange(1.0, 10.0) if ratio < 10 and counts else subs
+    target.set_major_locator(LogLocator(base=10, subs=subs))
+    target.set_minor_locator(LogLocator(base=10, subs=np.arange(2, 10), numticks=100))
+    target.set_minor_formatter(NullFormatter())
+    target.set_major_formatter(FuncFormatter(si if counts else sci))
+
+
+def _log_norm(values: np.ndarray) -> LogNorm:
+    low, high = float(np.min(values)), float(np.max(values))
+    return LogNorm(low, high) if high > low * 1.01 else LogNorm(low / 1.5, high * 1.5)
+
+
+def _count_colourbar(figure, ax, mappable, label: str) -> None:
+    """A colour bar for N or D (a LogNorm), with the same readable ticks as the axes."""
+    bar = figure.colorbar(mappable, ax=ax, label=label)
+    _log_ticks(bar.ax.yaxis, mappable.norm.vmin, mappable.norm.vmax, counts=True)
+
+
+def _no_data(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
+
+
+def _budget_colours(count: int) -> np.ndarray:
+    return plt.cm.viridis(np.linspace(0, 0.85, count))
+
+
+def _budget_masks(sweep: SweepFits) -> list[np.ndarray]:
+    """Each isoflop row's cells, in the rows' order."""
+    points = sweep.points
+    if not sweep.isoflop or not len(points.N):
+        return []
+    labels = checks.profile_labels(points.N, points.C)
+    masks = [labels == label for label in np.unique(labels)]
+    return masks if len(masks) == len(sweep.isoflop) else []
+
+
+def _plot_isoflop(sweep: SweepFits, path: Path) -> None:
+    points = sweep.points
+    figure, ax = plt.subplots(figsize=(7, 4.5))
+    masks = _budget_masks(sweep)
+    rows = sweep.isoflop if masks else []
+    budgets = bool(masks) and checks.is_isoflop_design(points.N, points.C)
+    for row, mask, colour in zip(rows, masks, _budget_colours(len(masks)), strict=True):
+        label = f"C {'=' if budgets else '≈'} {row['budget_flops']:.1e}"
+        label += "" if row["interior"] else " (no interior minimum)"
+        ax.scatter(points.N[mask], points.loss[mask], color=colour, label=label, zorder=3, s=22)
+        if finite(row["curvature"]):
+            x = np.linspace(math.log(row["n_min"]), math.log(row["n_max"]), 80)
+            u = x - row["log_n_centre"]
+            ax.plot(np.exp(x), row["curvature"] * u**2 + row["slope"] * u + row["intercept"], color=colour)
+        if finite(row["n_opt"]) and row["n_min"] / 2 < row["n_opt"] < row["n_max"] * 2:
+            low, high = row["n_opt_ci_low"], row["n_opt_ci_high"]
+            xerr = [[row["n_opt"] - low], [high - row["n_opt"]]] if finite(low) and finite(high) else None
+            style = {"fmt": "D", "color": colour, "ms": 7, "capsize": 3, "zorder": 4}
+            ax.errorbar(
+                row["n_opt"], row["loss_at_opt"], xerr=xerr, **style, mfc=colour if row["interior"] else "w"
+            )
+    if not masks:
+        _no_data(ax, "no IsoFLOP budgets")
+    _log_axis(ax, "x", counts=True)
+    ax.set_xlabel("N (parameters)")
+    ax.set_ylabel(loss_label(points.target))
+    kind = "IsoFLOP profiles" if budgets or not masks else "Compute bands of a product grid"
+    ax.set_title(f"{kind}; ◆ minimum and 95% CI (hollow: outside the sampled N)", fontsize=10)
+    if masks:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="major")
+    _save(figure, path)
+
+
+def _approach2_line(rows: list[dict], key: str) -> tuple[float, float] | None:
+    """(slope, intercept) of ln key against ln C over the budgets with an interior minimum."""
+    usable = [r for r in rows if r["interior"] and finite(r[key])]
+    if len(usable) < 2:
+        return None
+    slope, intercept = np.polyfit(
+        np.log([r["budget_flops"] for r in usable]), np.log([r[key] for r in usable]), 1
+    )
+    return float(slope), float(intercept)
+
+
+def _plot_optimal(sweep: SweepFits, path: Path) -> None:
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.3))
+    rows = [r for r in sweep.isoflop if finite(r["n_opt"])]
+    optimal = sweep.optimal
+    exponent = checks.isoflop_exponent(sweep.isoflop) if sweep.isoflop else {"a": math.nan}
+    compute = [r["budget_flops"] for r in rows] + [r["compute"] for r in optimal]
+    for ax, axis in zip(axes, ("N", "D"), strict=True):
+        key = "n_opt" if axis == "N" else "d_opt"
+        if len(sweep.points.C):
+            ax.axvspan(sweep.points.C.min(), sweep.points.C.max(), color="grey", alpha=0.12, lw=0)
+        for interior in (True, False):
+            chosen = [r for r in rows if bool(r["interior"]) == interior]
+            if not chosen:
+                continue
+            values = np.array([r[key] for r in chosen])
+            low = np.array([r["n_opt_ci_low"] for r in chosen])
+            high = np.array([r["n_opt_ci_high"] for r in chosen])
+            if axis == "D":  # along a budget D ∝ 1/N: N's interval maps onto D's, reversed
+                n_opt = np.array([r["n_opt"] for r in chosen])
+                low, high = values * n_opt / high, values * n_opt / low
+            error = np.nan_to_num(np.array([values - low, high - values]))
+            label = "Approach 2: IsoFLOP minima (95% CI)" if interior else "minimum not interior (unused)"
+            style = {"fmt": "o", "color": "k", "mfc": "k" if interior else "w", "capsize": 3, "zorder": 4}
+            ax.errorbar([r["budget_flops"] for r in chosen], values, yerr=error, label=label, **style)
+        line = _approach2_line(sweep.isoflop, key)
+        if line is not None:
+            grid = np.geomspace(min(compute), max(compute), 50)
+            text = f"Approach 2 fit: {axis}_opt ∝ C^{line[0]:.3f}"
+            if axis == "N" and finite(exponent.get("a_ci_low")):
+                text += f" [{exponent['a_ci_low']:.3f}, {exponent['a_ci_high']:.3f}]"
+            ax.plot(grid, np.exp(line[1]) * grid ** line[0], color="black", ls="--", lw=1.2, label=text)
+        if optimal:
+            c = np.array([r["compute"] for r in optimal])
+            n = np.array([r["N_opt"] for r in optimal])
+            low = np.array([r["N_opt_low"] for r in optimal])
+            high = np.array([r["N_opt_high"] for r in optimal])
+            values = n if axis == "N" else np.array([r["D_opt"] for r in optimal])
+            if axis == "D":
+                low, high = c / (FLOPS_PER_PARAM_TOKEN * high), c / (FLOPS_PER_PARAM_TOKEN * low)
+            slope = np.polyfit(np.log(c), np.log(values), 1)[0] if len(c) > 1 else math.nan
+            label = f"Approach 3: Chinchilla fit, {axis}_opt ∝ C^{slope:.3f}"
+            ax.plot(c, values, color="crimson", label=label)
+            if np.isfinite(low).all() and np.isfinite(high).all():
+                ax.fill_between(c, low, high, color="crimson", alpha=0.2, lw=0, label="95% bootstrap band")
+        if not rows and not optimal:
+            _no_data(ax, "no IsoFLOP minimum and no Chinchilla fit")
+        _log_axis(ax, "x", counts=False)
+        _log_axis(ax, "y", counts=True)
+        ax.set_xlabel("compute C (FLOP); shaded: the sweep's range")
+        ax.set_ylabel("N_opt (parameters)" if axis == "N" else "D_opt (tokens)")
+        ax.set_title(f"Compute-optimal {'model size' if axis == 'N' else 'training tokens'}", fontsize=10)
+        ax.grid(alpha=0.3, which="major")
+        if rows or optimal:
+            ax.legend(fontsize=7, loc="upper left")
+    _save(figure, path)
+
+
+def _plot_contours(sweep: SweepFits, chinchilla, path: Path) -> None:
+    points = sweep.points
+    figure, ax = plt.subplots(figsize=(7, 5))
+    if not len(points.N):
+        _no_data(ax, "no cells")
+        _save(figure, path)
+        return
+    n_range = (points.N.min() / 3, points.N.max() * 3)
+    d_range = (points.D.min() / 3, points.D.max() * 3)
+    norm = plt.Normalize(points.loss.min(), points.loss.max())
+    levels = _contour_levels(chinchilla, n_range, d_range, points.loss)
+    if levels is not None:
+        n_grid, d_grid, surface, levels = levels
+        norm = plt.Normalize(levels[0], levels[-1])
+        style = {"levels": levels, "cmap": "viridis_r", "norm": norm, "alpha": 0.55, "extend": "max"}
+        ax.contourf(n_grid, d_grid, surface, **style)
+        lines = ax.contour(n_grid, d_grid, surface, levels=levels[::2], colors="k", linewidths=0.6, alpha=0.6)
+        ax.clabel(lines, fmt="%.2f", fontsize=8)
+    style = {"cmap": "viridis_r", "norm": norm, "edgecolors": "k", "s": 36, "zorder": 4}
+    scatter = ax.scatter(points.N, points.D, c=points.loss, label="cells (colour: observed loss)", **style)
+    figure.colorbar(scatter, ax=ax, label=loss_label(points.target))
+    n_line = np.geomspace(*n_range, 50)
+    budgets = _budget_masks(sweep) if checks.is_isoflop_design(points.N, points.C) else []
+    for index, mask in enumerate(budgets):  # a product grid's compute bands are no IsoFLOP lines
+        flops = np.exp(np.mean(np.log(FLOPS_PER_PARAM_TOKEN * points.N[mask] * points.D[mask])))
+        label = "IsoFLOP budgets (C = 6ND)" if index == 0 else None
+        ax.plot(n_line, flops / (FLOPS_PER_PARAM_TOKEN * n_line), "k--", lw=0.9, label=label)
+        smallest = np.argmin(np.where(mask, points.N, np.inf))
+        where = {"xytext": (-8, -4), "textcoords": "offset points", "ha": "right", "va": "top", "zorder": 5}
+        where["bbox"] = {"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.8, "lw": 0}
+        ax.annotate(f"C = {flops:.0e}", (points.N[smallest], points.D[smallest]), fontsize=7, **where)
+    if sweep.optimal:
+        frontier = np.array([[r["N_opt"], r["D_opt"]] for r in sweep.optimal]).T
+        ax.plot(*frontier, color="crimson", lw=2, label="efficient frontier (compute-optimal N, D)")
+    ax.set_xlim(*n_range)
+    ax.set_ylim(*d_range)
+    _log_axis(ax, "x", counts=True)
+    _log_axis(ax, "y", counts=True)
+    ax.set_xlabel("N (parameters)")
+    ax.set_ylabel("D (tokens)")
+    fitted = "contours: the Chinchilla-form fit" if chinchilla is not None else "no Chinchilla-form fit"
+    ax.set_title(f"Loss over (N, D); {fitted}", fontsize=10)
+    ax.legend(fontsize=7, loc="lower left")
+    _save(figure, path)
+
+
+def _contour_levels(chinchilla, n_range, d_range, loss: np.ndarray):
+    """The fitted surface on a log grid and its contour levels, spanning the cells' losses (and as much
+    again above them), or None (no fit, or a flat surface)."""
+    if chinchilla is None:
+        return None
+    n_grid, d_grid = np.meshgrid(np.geomspace(*n_range, 120), np.geomspace(*d_range, 120))
+    with np.errstate(all="ignore"):
+        surface = chinchilla.predict(n_grid.ravel(), d_grid.ravel()).reshape(n_grid.shape)
+    surface = np.where(np.isfinite(surface), surface, np.nan)
+    if not np.isfinite(surface).any():
+        return None
+    low = min(np.nanmin(surface), loss.min())
+    high = min(np.nanpercentile(surface, 95), 2 * loss.max() - loss.min())
+    return (n_grid, d_grid, surface, np.linspace(low, high, 14)) if high > low else None
+
+
+def _plot_extrapolation(sweep: SweepFits, path: Path) -> None:
+    figure, ax = plt.subplots(figsize=(5.5, 5))
+    rows = sweep.extrapolation
+    if rows:
+        observed = np.array([r["observed_loss"] for r in rows])
+        predicted = np.array([r["predicted_loss"] for r in rows])
+        error = np.mean(np.abs([r["relative_error"] for r in rows]))
+        low = min(observed.min(), predicted.min()) * (1 - 2 * TOLERANCE)
+        high = max(observed.max(), predicted.max()) * (1 + 2 * TOLERANCE)
+        line = np.array([low, high])
+        ax.plot(line, line, color="black", lw=1, label="predicted = observed")
+        ax.plot(line, line * (1 + TOLERANCE), color="grey", ls="--", lw=1, label=f"±{TOLERANCE:.0%}")
+        ax.plot(line, line * (1 - TOLERANCE), color="grey", ls="--", lw=1)
+        n = np.array([sweep.points.N[sweep.points.cell_ids.index(r["cell_id"])] for r in rows])
+        scatter = ax.scatter(
+            observed, predicted, c=n, cmap="viridis", norm=_log_norm(n), zorder=3, edgecolors="k"
+        )
+        _count_colourbar(figure, ax, scatter, "N (parameters)")
+        ax.set_xlim(low, high)
+        ax.set_ylim(low, high)
+        ax.set_aspect("equal")
+        ax.legend(fontsize=8, loc="upper left")
+        title = f"Held-out cells: mean |relative error| {error:.2%}"
+    else:
+        _no_data(ax, "no held-out cells")
+        title = "Held-out cells"
+    unit = loss_label(sweep.points.target).removeprefix("validation loss ")
+    ax.set_xlabel(f"observed loss {unit}")
+    ax.set_ylabel(f"predicted loss {unit}")
+    ax.set_title(f"{title}\n(fitted without them)", fontsize=10)
+    ax.grid(alpha=0.3)
+    _save(figure, path)
+
+
+def _plot_loss_against(sweep: SweepFits, chinchilla, axis: str, path: Path) -> None:
+    """Loss against N coloured by D (or against D coloured by N), with the fit's curves at a few values
+    of the other variable."""
+    points = sweep.points
+    x, other = (points.N, points.D) if axis == "N" else (points.D, points.N)
+    other_name = "D (tokens)" if axis == "N" else "N (parameters)"
+    figure, ax = plt.subplots(figsize=(6.5, 4.2))
+    if not len(x):
+        _no_data(ax, "no cells")
+        _save(figure, path)
+        return
+    norm = _log_norm(other)
+    scatter = ax.scatter(x, points.loss, c=other, cmap="plasma", norm=norm, zorder=3, edgecolors="k", lw=0.4)
+    _count_colourbar(figure, ax, scatter, other_name)
+    if chinchilla is not None:
+        values = np.unique(other)
+        if len(values) > MAX_CURVES:
+            values = np.geomspace(values.min(), values.max(), MAX_CURVES - 1)
+        grid = np.geomspace(x.min() / 1.5, x.max() * 1.5, 60)
+        for value in values:
+            fixed = np.full_like(grid, value)
+            predicted = chinchilla.predict(grid, fixed) if axis == "N" else chinchilla.predict(fixed, grid)
+            ax.plot(grid, predicted, color=plt.cm.plasma(norm(value)), alpha=0.8, lw=1)
+        low, high = points.loss.min(), points.loss.max()
+        ax.set_ylim(low - 0.1 * (high - low + 1e-9), high + 0.1 * (high - low + 1e-9))
+    _log_axis(ax, "x", counts=True)
+    ax.set_xlabel("N (parameters)" if axis == "N" else "D (tokens)")
+    ax.set_ylabel(loss_label(points.target))
+    fitted = f"lines: Chinchilla-form fit at fixed {other_name.split()[0]}" if chinchilla is not None else ""
+    ax.set_title(f"Loss against {axis}; {fitted}".rstrip("; "), fontsize=10)
+    ax.grid(alpha=0.3, which="major")
+    _save(figure, path)
+
+
+def _plot_residuals(sweep: SweepFits, chinchilla, path: Path) -> None:
+    figure, ax = plt.subplots(figsize=(6.5, 3.8))
+    points = sweep.points
+    if chinchilla is not None and len(points.N):
+        residual = np.log(points.loss) - np.log(chinchilla.predict(points.N, points.D))
+        norm = _log_norm(points.N)
+        scatter = ax.scatter(points.C, residual, c=points.N, cmap="viridis", norm=norm, zorder=3)
+        _count_colourbar(figure, ax, scatter, "N (parameters)")
+        ax.axhline(0, color="grey", lw=1)
+    else:
+        _no_data(ax, "no Chinchilla-form fit")
+        if len(points.C):
+            ax.set_xlim(points.C.min() / 2, points.C.max() * 2)
+    _log_axis(ax, "x", counts=False)
+    ax.set_xlabel("compute C (FLOP)")
+    ax.set_ylabel("ln(observed / fitted)")
+    ax.set_title("Chinchilla-form residuals", fontsize=10)
+    ax.grid(alpha=0.3, which="major")
+    _save(figure, path)
+
+
+def _save(figure, path: Path) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
