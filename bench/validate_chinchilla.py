@@ -135,6 +135,10 @@ def main() -> int:
         bootstrapped = fit_chinchilla(N, D, loss, bootstrap=args.bootstrap, seed=0)
         print(f"Bootstrap: {args.bootstrap} resamples in {time.perf_counter() - start:.1f} s")
         failures += check_bootstrap(bootstrapped)
+        print("  standard errors, sandwich (delta method) / bootstrap:")
+        for name in ("E", "A", "B", "alpha", "beta", "a_opt"):
+            sandwich, resampled = result.stderr[name], bootstrapped.stderr[name]
+            print(f"    {name:<6} {sandwich:<10.4g} / {resampled:<10.4g} = {sandwich / resampled:.2f}")
 
     print("PASS" if not failures else "FAIL: " + "; ".join(failures))
     return 1 if failures else 0

@@ -15,7 +15,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from flows.spec import MAX_BOOTSTRAP, PRESETS, SpecError, SweepSpec, load_spec, validate_spec
+from flows.fit_csv import add_csv_options, fit_csv, refuse_csv_options
+from flows.spec import PRESETS, SpecError, SweepSpec, load_spec, validate_spec
 from storage.store import DEFAULT_STORE, Store, StoreError
 from tasks.corpus import source_version
 from tasks.errors import InputError
@@ -105,26 +106,23 @@ def _parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser(
         "fit",
-        help="fit laws to a stored sweep (--store) or to anyone's runs in a CSV (--csv)",
-        description="Re-fit a stored sweep without training, or fit one law form to a CSV of runs "
-        "(one row per run: parameters, tokens, final loss).",
+        help="fit laws to a stored sweep (--store) or to anyone's runs in a CSV, TSV or Parquet file (--csv)",
+        description="Re-fit a stored sweep without training, or fit one law form to a table of runs "
+        "(one row per run: parameters, tokens or FLOPs, final loss).",
     )
     target = fit.add_mutually_exclusive_group()
     target.add_argument("--store", help=f"re-fit the newest sweep in this store (default: {DEFAULT_STORE})")
-    target.add_argument("--csv", type=Path, help="a CSV file of runs")
+    target.add_argument("--csv", type=Path, help="a CSV, TSV or Parquet file of runs (delimiter sniffed)")
     fit.add_argument("--sweep", help="with --store: the sweep's name (default: the newest sweep)")
-    fit.add_argument("--params-kind", choices=["nonembedding", "total"], default="nonembedding")
-    fit.add_argument("--compute-kind", choices=["6nd", "with_attention"], default="6nd")
     fit.add_argument(
-        "--target", choices=["nats", "bits_per_byte"], default="nats", help="with --store: the loss"
+        "--params-kind", choices=["nonembedding", "total"], help="with --store (default: nonembedding)"
     )
-    fit.add_argument("--form", default="chinchilla", help="with --csv: the law form (default: chinchilla)")
-    fit.add_argument("--params-col", default="params", help="with --csv: column of N (default: params)")
-    fit.add_argument("--tokens-col", default="tokens", help="with --csv: column of D (default: tokens)")
-    fit.add_argument("--loss-col", default="loss", help="with --csv: column of the loss (default: loss)")
-    fit.add_argument("--flops-col", help="with --csv: column of compute C; tokens are then C / (6 N)")
-    fit.add_argument("--bootstrap", type=int, default=0, help="with --csv: resamples for the intervals")
-    fit.add_argument("--format", choices=["table", "json"], default="table", help="output format")
+    fit.add_argument("--compute-kind", choices=["6nd", "with_attention"], help="with --store (default: 6nd)")
+    fit.add_argument(
+        "--target", choices=["nats", "bits_per_byte"], help="with --store: the loss (default: nats)"
+    )
+    add_csv_options(fit)
+    fit.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format")
     fit.set_defaults(command=_fit)
 
     serve = commands.add_parser(
@@ -259,85 +257,28 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _fit(args: argparse.Namespace) -> int:
     if args.csv is not None:
-        return _fit_csv(args)
+        return fit_csv(args, console)
     from flows.refit import refit_sweep
     from flows.sweep import start_prefect_api
 
+    refuse_csv_options(args)
+    if args.format == "csv":
+        raise InputError("--format csv: applies to --csv only; pass --format table or json with --store.")
     store = _existing_store(args.store or DEFAULT_STORE)
     start_prefect_api()
-    summary = refit_sweep(store.location, args.sweep, args.params_kind, args.compute_kind, args.target)
+    summary = refit_sweep(
+        store.location,
+        args.sweep,
+        args.params_kind or "nonembedding",
+        args.compute_kind or "6nd",
+        args.target or "nats",
+    )
     if args.format == "json":
         print(json.dumps(summary["fits"], indent=1, default=str))
     else:
         _print_laws(summary["fits"])
         console.print(f"report: {summary['report']}")
     return 0
-
-
-def _fit_csv(args: argparse.Namespace) -> int:
-    from tasks import laws
-
-    N, D, loss = _read_runs_csv(args)
-    if args.form not in laws.FORMS:
-        raise InputError(f"--form: unknown form {args.form!r}; choose one of {', '.join(laws.FORMS)}.")
-    if not 0 <= args.bootstrap <= MAX_BOOTSTRAP:
-        raise InputError(
-            f"--bootstrap: {args.bootstrap} is not between 0 and {MAX_BOOTSTRAP:,}; pass one that is."
-        )
-    try:  # every form in the registry takes bootstrap=; a form without one says so in a ValueError
-        result = laws.fit(args.form, N, D, loss, bootstrap=args.bootstrap)
-    except ValueError as error:
-        raise InputError(f"fit: {error}") from None
-    if args.format == "json":
-        print(json.dumps(laws.result_to_dict(result), indent=1))
-        return 0
-    from tasks.fits import law_text
-
-    console.print(law_text(result), highlight=False)
-    table = Table()
-    for column in ("parameter", "estimate", "stderr", "95% interval"):
-        table.add_column(column, justify="right")
-    for name, value in result.params.items():
-        interval = (
-            f"{result.ci_low.get(name, float('nan')):.4g} .. {result.ci_high.get(name, float('nan')):.4g}"
-        )
-        table.add_row(name, f"{value:.6g}", f"{result.stderr.get(name, float('nan')):.3g}", interval)
-    console.print(table)
-    console.print(
-        f"objective {result.objective:.6g} over {result.n_points} runs; converged: {result.converged}"
-    )
-    if result.note:
-        console.print(result.note, highlight=False)
-    return 0
-
-
-def _read_runs_csv(args: argparse.Namespace) -> tuple:
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.csv
-
-    if not args.csv.is_file():
-        raise InputError(f"--csv: {args.csv} is not an existing file; pass a CSV file.")
-    try:
-        table = pyarrow.csv.read_csv(args.csv)
-    except pa.ArrowInvalid as error:
-        raise InputError(f"--csv: {args.csv} is not a readable CSV ({error}); fix the file.") from None
-    wanted = {"--params-col": args.params_col, "--loss-col": args.loss_col}
-    wanted |= {"--flops-col": args.flops_col} if args.flops_col else {"--tokens-col": args.tokens_col}
-    missing = [f"{option} {name!r}" for option, name in wanted.items() if name not in table.column_names]
-    if missing:
-        raise InputError(
-            f"--csv: {args.csv} has no column {', '.join(missing)} (it has {', '.join(table.column_names)}); "
-            "name the right columns with those options."
-        )
-    try:
-        columns = {name: table.column(name).to_numpy().astype(float) for name in wanted.values()}
-    except (ValueError, pa.ArrowInvalid):
-        raise InputError(f"--csv: columns {', '.join(wanted.values())} must hold numbers only.") from None
-    N, loss = columns[args.params_col], columns[args.loss_col]
-    with np.errstate(divide="ignore", invalid="ignore"):  # N <= 0 is refused by the fit, naming N
-        D = columns[args.flops_col] / (6 * N) if args.flops_col else columns[args.tokens_col]
-    return N, np.asarray(D), loss
 
 
 def _existing_store(location: str) -> Store:

@@ -7,8 +7,9 @@ Plain numpy/scipy, so a notebook can ``from tasks.laws import fit_chinchilla`` a
 
 Public API: FitResult, fit_chinchilla, fit_power_law, fit_kaplan, fit_multiplicative, fit / FORMS,
 compute_optimal, isoflop_optima, extrapolation_check, prediction_bands, result_to_dict,
-chinchilla_objective, chinchilla_start_grid.  Invalid input raises ValueError saying what is wrong and
-how to fix it.
+chinchilla_objective, chinchilla_start_grid, UnidentifiableError.  Invalid input raises ValueError saying
+what is wrong and how to fix it; valid runs that cannot determine a form's parameters (fewer than 3
+distinct N values for A and alpha, say) raise its subclass UnidentifiableError.
 
 The modules, from the bottom up:
     validation       input checks shared by every fitter
@@ -50,6 +51,7 @@ from tasks.laws.results import (
     result_to_dict,
 )
 from tasks.laws.uncertainty import Z_95
+from tasks.laws.validation import UnidentifiableError
 
 __all__ = [
     "FLOPS_PER_PARAM_TOKEN",
@@ -66,6 +68,7 @@ __all__ = [
     "IsoFlopResult",
     "LawForm",
     "PredictionBands",
+    "UnidentifiableError",
     "chinchilla_objective",
     "chinchilla_start_grid",
     "compute_optimal",

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from tasks.laws.objective import _KaplanModel, _Objective, _SumOfPowerLaws
+from tasks.laws.objective import _AffineReparametrised, _KaplanModel, _Objective, _SumOfPowerLaws
 from tasks.laws.optimizer import _multistart_minimum
 from tasks.laws.results import FitResult
 from tasks.laws.uncertainty import (
@@ -28,7 +28,13 @@ from tasks.laws.uncertainty import (
     _percentile_intervals,
     _sandwich_covariance,
 )
-from tasks.laws.validation import _check_bootstrap, _validated_columns
+from tasks.laws.validation import (
+    UnidentifiableError,
+    _check_bootstrap,
+    _check_distinct_values,
+    _distinct_count,
+    _validated_columns,
+)
 
 HUBER_DELTA_CHINCHILLA = 1e-3
 
@@ -72,6 +78,11 @@ def _kaplan_public(theta: np.ndarray) -> dict[str, float]:
 
 
 _CHINCHILLA = _FormSpec("chinchilla", _chinchilla_public, frozenset({"E", "A", "B"}))
+# The reported parameter behind each coordinate of theta (log-scale ones are fitted as their log).
+_CHINCHILLA_THETA = ("E", "A", "alpha", "B", "beta")
+_POWER_LAW_THETA = ("E", "A", "alpha")
+_KAPLAN_THETA = ("N_c", "D_c", "alpha_N", "alpha_D")
+_CHINCHILLA_REMEDY = "fix a parameter (E, say) or tie the exponents"
 _KAPLAN = _FormSpec("kaplan", _kaplan_public, frozenset({"N_c", "D_c"}))
 
 
@@ -120,6 +131,68 @@ def _fit_log_space(
     )
 
 
+def _checked_huber_delta(huber_delta: float) -> float:
+    delta = float(huber_delta)
+    if not delta > 0:
+        raise ValueError(
+            f"huber_delta must be positive (got {huber_delta!r}); pass math.inf for plain least squares."
+        )
+    return delta
+
+
+def _objective_text(huber_delta: float) -> str:
+    if math.isinf(huber_delta):
+        return "Least squares on log loss"
+    return f"Huber(delta={huber_delta:g}) on log loss"
+
+
+def _constrained(
+    spec: _FormSpec,
+    theta_names: tuple[str, ...],
+    objective: _Objective,
+    starts: np.ndarray,
+    fixed: Mapping[str, float],
+    tied: tuple[str, str] | None,
+) -> tuple[_FormSpec, _Objective, np.ndarray, str]:
+    """The form with ``fixed`` parameters held at their values and the ``tied`` pair sharing one value:
+    an affine map from the free parameters to theta, the starts projected onto them, and a note."""
+    if not fixed and tied is None:
+        return spec, objective, starts, ""
+    offset = np.zeros(len(theta_names))
+    for name, value in fixed.items():
+        if name not in theta_names:
+            raise ValueError(
+                f"fixed: {name!r} is not a parameter of the {spec.name} form; fix one of "
+                f"{', '.join(theta_names)}."
+            )
+        if tied is not None and name in tied:
+            raise ValueError(f"fixed: {name} is tied to another exponent; fix it or tie it, not both.")
+        value = float(value)
+        if not math.isfinite(value) or (name in spec.log_scale and value <= 0):
+            kind = "positive and finite" if name in spec.log_scale else "finite"
+            raise ValueError(f"fixed: {name}={value:g} must be {kind}; pass another value.")
+        offset[theta_names.index(name)] = math.log(value) if name in spec.log_scale else value
+    free_columns = [
+        j for j, name in enumerate(theta_names) if name not in fixed and (tied is None or name != tied[1])
+    ]
+    basis = np.zeros((len(free_columns), len(theta_names)))
+    for row, column in enumerate(free_columns):
+        basis[row, column] = 1.0
+        if tied is not None and theta_names[column] == tied[0]:
+            basis[row, theta_names.index(tied[1])] = 1.0
+    model = _AffineReparametrised(objective.model, basis, offset)
+    constrained = _Objective(model, objective.log_loss, objective.huber_delta, objective.run_weights)
+    public = spec.public
+    constrained_spec = _FormSpec(spec.name, lambda free: public(free @ basis + offset), spec.log_scale)
+    note = ""
+    if fixed:
+        listed = ", ".join(f"{name}={float(value):g}" for name, value in fixed.items())
+        note += f" Fixed, not fitted: {listed} (their intervals have zero width)."
+    if tied is not None:
+        note += f" Tied: {tied[0]} = {tied[1]}, one free exponent."
+    return constrained_spec, constrained, np.unique(starts[:, free_columns], axis=0), note
+
+
 def chinchilla_start_grid() -> np.ndarray:
     """Hoffmann et al.'s 4,500 starts as rows (e, a, alpha, b, beta)."""
     grid = itertools.product(
@@ -149,22 +222,66 @@ def fit_chinchilla(
     huber_delta: float = HUBER_DELTA_CHINCHILLA,
     bootstrap: int = 0,
     seed: int = 0,
+    fixed: Mapping[str, float] | None = None,
+    tie_exponents: bool = False,
 ) -> FitResult:
     """Fit L = E + A / N^alpha + B / D^beta as Hoffmann et al. (2022): Huber(delta) of log residuals,
     summed over runs, minimised from their 4,500-start grid.  ``bootstrap`` > 0 refits that many
     resamples of the runs for percentile intervals and keeps the samples (for compute_optimal bands).
-    params also holds a_opt = beta/(alpha+beta) and b_opt = alpha/(alpha+beta)."""
+    params also holds a_opt = beta/(alpha+beta) and b_opt = alpha/(alpha+beta).
+
+    ``huber_delta=math.inf`` is plain least squares on log loss.  ``fixed`` holds parameters at given
+    values (e.g. {"E": 1.69}); ``tie_exponents`` fits one exponent alpha = beta.  Runs with too few
+    distinct N or D values for the free parameters raise UnidentifiableError (a ValueError)."""
     n, d, loss_values = _validated_columns("chinchilla", 5, N=N, D=D, loss=loss)
     _check_bootstrap(bootstrap)
-    objective = _chinchilla_objective(n, d, loss_values, huber_delta)
+    huber_delta = _checked_huber_delta(huber_delta)
+    fixed = dict(fixed or {})
+    _check_chinchilla_identifiable(n, d, fixed, tie_exponents)
+    spec, objective, starts, constraint_note = _constrained(
+        _CHINCHILLA,
+        _CHINCHILLA_THETA,
+        _chinchilla_objective(n, d, loss_values, huber_delta),
+        chinchilla_start_grid(),
+        fixed,
+        ("alpha", "beta") if tie_exponents else None,
+    )
     note = (
-        f"Huber(delta={huber_delta:g}) on log loss, summed over runs; best of Hoffmann et al.'s 4,500 starts "
+        f"{_objective_text(huber_delta)}, summed over runs; best of Hoffmann et al.'s 4,500 starts "
         "(all screened together by a batched L-BFGS, best basins polished to machine precision)."
     )
-    result = _fit_log_space(
-        _CHINCHILLA, objective, chinchilla_start_grid(), bootstrap=bootstrap, seed=seed, note=note
-    )
-    return _with_note(result, _chinchilla_degeneracy_note(result.params, n, d, loss_values))
+    result = _fit_log_space(spec, objective, starts, bootstrap=bootstrap, seed=seed, note=note)
+    return _with_note(result, constraint_note + _chinchilla_degeneracy_note(result.params, n, d, loss_values))
+
+
+def _check_chinchilla_identifiable(
+    n: np.ndarray, d: np.ndarray, fixed: Mapping[str, float], tie_exponents: bool
+) -> None:
+    """An additive law sees, on each axis, only the differences between its k distinct values: k - 1
+    equations for that term's free coefficient and exponent; the runs' overall level is one more, taken
+    by E (or, with E fixed, by whichever term lacks one).  A tied exponent is shared by both axes."""
+    slack = int("E" in fixed)
+    axes = (("N", n, "A", "alpha"), ("D", d, "B", "beta"))
+    unknowns = {
+        axis: [coefficient] * (coefficient not in fixed)
+        + [exponent] * (exponent not in fixed and not tie_exponents)
+        for axis, _, coefficient, exponent in axes
+    }
+    for axis, values, _, _ in axes:
+        needed = max(1, 1 + len(unknowns[axis]) - slack)
+        if unknowns[axis]:
+            _check_distinct_values(
+                "chinchilla", axis, values, needed, " and ".join(unknowns[axis]), _CHINCHILLA_REMEDY
+            )
+    if tie_exponents and "alpha" not in fixed and "beta" not in fixed:
+        equations = _distinct_count(n) - 1 + _distinct_count(d) - 1 + slack
+        free = len(unknowns["N"]) + len(unknowns["D"]) + 1
+        if equations < free:
+            raise UnidentifiableError(
+                f"The chinchilla form with tied exponents is unidentifiable from these runs: N and D take "
+                f"{_distinct_count(n)} and {_distinct_count(d)} distinct values, too few for its {free} "
+                "free shape parameters; add runs at a third N or D value."
+            )
 
 
 def _chinchilla_degeneracy_note(
@@ -189,22 +306,42 @@ def _chinchilla_degeneracy_note(
 
 
 def fit_power_law(
-    x: ArrayLike, loss: ArrayLike, *, axis: str, bootstrap: int = 0, seed: int = 0
+    x: ArrayLike,
+    loss: ArrayLike,
+    *,
+    axis: str,
+    bootstrap: int = 0,
+    seed: int = 0,
+    huber_delta: float = math.inf,
+    fixed: Mapping[str, float] | None = None,
 ) -> FitResult:
     """Fit L = E + A * x^(-alpha), E >= 0, by least squares on log loss from a data-driven start grid.
     ``axis`` names x: "N" (parameters), "D" (tokens) or "C" (FLOPs).  ``bootstrap`` > 0: percentile
-    intervals from that many resamples of the runs, as in fit_chinchilla."""
+    intervals from that many resamples of the runs, as in fit_chinchilla.  ``huber_delta`` < inf fits
+    the Huber objective instead; ``fixed`` holds parameters at given values (e.g. {"E": 1.69}).  Fewer
+    distinct x values than free parameters raise UnidentifiableError (a ValueError)."""
     if axis not in ("N", "D", "C"):
         raise ValueError(f'axis must be "N", "D" or "C" (got {axis!r}); name the variable you pass as x.')
-    x_values, loss_values = _validated_columns(f"power_law_{axis}", 3, **{axis: x, "loss": loss})
+    form = f"power_law_{axis}"
+    x_values, loss_values = _validated_columns(form, 3, **{axis: x, "loss": loss})
     _check_bootstrap(bootstrap)
-    objective = _Objective(_SumOfPowerLaws((np.log(x_values),)), np.log(loss_values), math.inf)
-    note = "Least squares on log loss; E = exp(e) keeps E >= 0."
-    starts = _power_law_starts(x_values, loss_values)
-    result = _fit_log_space(
-        _power_law_spec(axis), objective, starts, bootstrap=bootstrap, seed=seed, note=note
+    huber_delta = _checked_huber_delta(huber_delta)
+    fixed = dict(fixed or {})
+    free = [name for name in _POWER_LAW_THETA if name not in fixed]
+    if free:
+        _check_distinct_values(form, axis, x_values, len(free), ", ".join(free))
+    objective = _Objective(_SumOfPowerLaws((np.log(x_values),)), np.log(loss_values), huber_delta)
+    spec, objective, starts, constraint_note = _constrained(
+        _power_law_spec(axis),
+        _POWER_LAW_THETA,
+        objective,
+        _power_law_starts(x_values, loss_values),
+        fixed,
+        None,
     )
-    if result.params["E"] < 1e-6 * float(np.min(loss_values)):
+    note = f"{_objective_text(huber_delta)}; E = exp(e) keeps E >= 0." + constraint_note
+    result = _fit_log_space(spec, objective, starts, bootstrap=bootstrap, seed=seed, note=note)
+    if "E" not in fixed and result.params["E"] < 1e-6 * float(np.min(loss_values)):
         return _with_note(result, " E went to its bound 0: the data favour a pure power law.")
     return result
 
@@ -222,17 +359,27 @@ def _power_law_starts(x: np.ndarray, loss: np.ndarray) -> np.ndarray:
 
 
 def fit_kaplan(
-    N: ArrayLike, D: ArrayLike, loss: ArrayLike, *, bootstrap: int = 0, seed: int = 0
+    N: ArrayLike,
+    D: ArrayLike,
+    loss: ArrayLike,
+    *,
+    bootstrap: int = 0,
+    seed: int = 0,
+    huber_delta: float = math.inf,
+    fixed: Mapping[str, float] | None = None,
 ) -> FitResult:
     """Fit L = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D (Kaplan et al. 2020, eq. 1.5) by least
     squares on log loss from a data-driven multi-start grid.  ``bootstrap`` > 0: percentile intervals
-    from that many resamples of the runs, as in fit_chinchilla."""
+    from that many resamples of the runs, as in fit_chinchilla; ``huber_delta`` and ``fixed`` as there."""
     n, d, loss_values = _validated_columns("kaplan", 4, N=N, D=D, loss=loss)
     _check_bootstrap(bootstrap)
-    objective = _Objective(_KaplanModel(np.log(n), np.log(d)), np.log(loss_values), math.inf)
-    note = "Least squares on log loss."
-    starts = _kaplan_starts(n, d, loss_values)
-    return _fit_log_space(_KAPLAN, objective, starts, bootstrap=bootstrap, seed=seed, note=note)
+    huber_delta = _checked_huber_delta(huber_delta)
+    objective = _Objective(_KaplanModel(np.log(n), np.log(d)), np.log(loss_values), huber_delta)
+    spec, objective, starts, constraint_note = _constrained(
+        _KAPLAN, _KAPLAN_THETA, objective, _kaplan_starts(n, d, loss_values), dict(fixed or {}), None
+    )
+    note = f"{_objective_text(huber_delta)}." + constraint_note
+    return _fit_log_space(spec, objective, starts, bootstrap=bootstrap, seed=seed, note=note)
 
 
 def _kaplan_starts(n: np.ndarray, d: np.ndarray, loss: np.ndarray) -> np.ndarray:

@@ -118,6 +118,30 @@ class _KaplanModel:
         return alpha_d * lse, vjp
 
 
+@dataclass(frozen=True)
+class _AffineReparametrised:
+    """A model of fewer free parameters: theta = offset + free @ basis.  Holding a parameter fixed drops
+    its row; tying two exponents gives them one row with ones in both columns."""
+
+    model: _LogModel
+    basis: np.ndarray  # (free params, model params)
+    offset: np.ndarray  # (model params,)
+
+    @property
+    def n_params(self) -> int:
+        return len(self.basis)
+
+    def astype(self, dtype: type) -> _AffineReparametrised:
+        return _AffineReparametrised(self.model.astype(dtype), self.basis, self.offset)
+
+    def full(self, free: np.ndarray) -> np.ndarray:
+        return (free @ self.basis + self.offset).astype(free.dtype, copy=False)
+
+    def log_predict(self, theta: np.ndarray) -> tuple[np.ndarray, VectorJacobianProduct]:
+        log_pred, vjp = self.model.log_predict(self.full(theta))
+        return log_pred, lambda cotangent: vjp(cotangent) @ self.basis.T
+
+
 # --------------------------------------------------------------------------------------------------
 # Objective: sum over runs of rho(log L_pred - log L_obs), rho = Huber(delta); delta = inf is 0.5 r^2.
 # --------------------------------------------------------------------------------------------------

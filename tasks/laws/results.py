@@ -71,6 +71,8 @@ class IsoFlopGroup:
     D_opt: float  # compute / (6 N_opt)
     loss_at_opt: float
     warning: str
+    N_opt_low: float = math.nan  # 95% interval of N_opt: delta method on the parabola's coefficients
+    N_opt_high: float = math.nan
 
 
 @dataclass(frozen=True)

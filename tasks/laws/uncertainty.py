@@ -46,17 +46,30 @@ def _central_difference(function: Callable[[np.ndarray], np.ndarray], theta: np.
     return np.stack(columns, axis=-1)
 
 
-def _numerical_hessian(objective: _Objective, theta: np.ndarray) -> np.ndarray:
-    """Symmetrised central differences of the analytic gradient."""
-    hessian = _central_difference(lambda t: objective.scalar(t)[1], theta)
-    return 0.5 * (hessian + hessian.T)
+def _objective_hessian(objective: _Objective, theta: np.ndarray, jacobian: np.ndarray) -> np.ndarray:
+    """Hessian of sum_i rho(r_i), r_i = log L_pred_i - log L_obs_i, split where rho is not smooth:
+    sum_i rho''(r_i) J_i J_i^T (rho'' = 1 inside delta, 0 outside: exact) plus sum_i psi(r_i) d2 r_i,
+    the model's curvature under the optimum's fixed weights psi, by central differences of a smooth
+    function.  Differencing the whole gradient instead made its steps straddle the kinks of the Huber
+    loss at |r| = delta wherever a run lies near them, and the Hessian came out indefinite."""
+    residual = -objective.residuals(theta)
+    _, slope = _huber(residual, objective.huber_delta)
+    inside = (np.abs(residual) < objective.huber_delta).astype(float)
+
+    def gradient_at_fixed_weights(t: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore", under="ignore"):
+            _, vjp = objective.model.log_predict(t[None, :])
+            return vjp(slope[None, :])[0]
+
+    curvature = _central_difference(gradient_at_fixed_weights, theta)
+    return (jacobian * inside[:, None]).T @ jacobian + 0.5 * (curvature + curvature.T)
 
 
 def _sandwich_covariance(objective: _Objective, theta: np.ndarray) -> np.ndarray | None:
     """M-estimator covariance H^-1 M H^-1 with M = sum psi(r)^2 J J^T (HC1 small-sample factor).
     For least squares it is the heteroscedasticity-robust covariance; None if H is not positive definite."""
-    hessian = _numerical_hessian(objective, theta)
     jacobian = _central_difference(lambda t: objective.log_predictions(t[None, :])[0], theta)
+    hessian = _objective_hessian(objective, theta, jacobian)
     _, slope = _huber(objective.residuals(theta), objective.huber_delta)
     meat = (jacobian * slope[:, None] ** 2).T @ jacobian
     n_points, n_params = jacobian.shape

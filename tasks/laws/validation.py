@@ -1,10 +1,18 @@
 """Input checks shared by the fitters: float arrays of one value per run, finite and positive, enough of
-them for the form's parameters.  Each failure is a ValueError of one sentence naming the input and the fix."""
+them for the form's parameters, enough distinct values on each axis to identify them.  Each failure is a
+ValueError of one sentence naming the input and the fix; runs that are valid but cannot identify a form
+raise its subclass UnidentifiableError."""
 
 from __future__ import annotations
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+
+class UnidentifiableError(ValueError):
+    """The runs are valid but cannot determine the form's parameters (e.g. only two distinct D values
+    for B and beta): the data's limit, not a caller's typo.  A ValueError, so that a sweep records the
+    form as not fitted with this reason."""
 
 
 def _validated_columns(form: str, n_params: int | None, **columns: ArrayLike) -> list[np.ndarray]:
@@ -62,3 +70,23 @@ def _check_enough_points(form: str, n_params: int, n_points: int) -> None:
 def _check_bootstrap(bootstrap: int) -> None:
     if bootstrap < 0 or int(bootstrap) != bootstrap:
         raise ValueError(f"bootstrap must be a non-negative integer (got {bootstrap!r}); pass 0 to skip it.")
+
+
+def _distinct_count(values: np.ndarray) -> int:
+    return len(np.unique(values))
+
+
+def _check_distinct_values(
+    form: str, axis: str, values: np.ndarray, needed: int, what: str, remedy: str = "fix a parameter"
+) -> None:
+    """Refuse an axis with fewer than ``needed`` distinct values: ``what`` (e.g. "A and alpha") would
+    take any of a continuum of values that fit the runs equally well."""
+    distinct = np.unique(values)
+    if len(distinct) >= needed:
+        return
+    listed = ", ".join(f"{v:.4g}" for v in distinct[:3])
+    raise UnidentifiableError(
+        f"The {form} form is unidentifiable from these runs: {axis} takes {len(distinct)} distinct "
+        f"value{'s' if len(distinct) != 1 else ''} ({listed}) but {what} need at least {needed}; add runs "
+        f"at more {axis} values or {remedy}."
+    )
