@@ -21,6 +21,7 @@ def refit_sweep(
     target: Literal["nats", "bits_per_byte"] = "nats",
     bootstrap: int = 200,
     holdout_fraction: float = 0.25,
+    huber_delta: float = 1e-3,
 ) -> dict[str, Any]:
     """Fit every law form to the newest stored sweep (of that name) and render its report."""
     stored = Store(store)
@@ -31,6 +32,7 @@ def refit_sweep(
         target=target,
         bootstrap=bootstrap,
         holdout_fraction=holdout_fraction,
+        huber_delta=huber_delta,
     )
     fits, report = fit_and_report(stored.location, name, cell_ids, **options.model_dump())
     return {"sweep_id": sweep_id, "store": stored.location, "fits": fits, "report": report["path"]}

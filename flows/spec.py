@@ -184,6 +184,11 @@ class FitSpec(_Strict):
         description="The loss the laws fit: held-out nats per token, or bits per byte of text, which "
         "does not depend on the tokenizer (so sweeps with different vocabularies compare).",
     )
+    huber_delta: Annotated[float, Field(gt=0)] = Field(
+        1e-3,
+        description="The Chinchilla form's Huber threshold on log loss: Hoffmann et al.'s 1e-3, or about "
+        "the cells' scatter (small sweeps scatter by about 1%, so 1e-2); .inf for least squares.",
+    )
     holdout_fraction: Annotated[float, Field(ge=0, lt=1)] = Field(
         0.25,
         description="Product grids: share of the largest-compute cells held out to check extrapolation "
@@ -258,12 +263,22 @@ PRESETS: dict[str, SweepSpec] = {
         eval=EvalSpec(val_tokens=8192, sample_tokens=12),
         fit=FitSpec(bootstrap=0),
     ),
+    # IsoFLOP profiles chosen by the pilots in docs/pilots.md: five budgets over 1.23 decades, six sizes
+    # each, every cell within one epoch of the embedded corpus and at least 200 steps of 1,024 tokens.
     "default": SweepSpec(
         name="default",
+        vocab=VocabSpec(size=1024),
         grid=GridSpec(
-            model_sizes=[20_000, 80_000, 250_000, 800_000],
-            tokens=[20_000, 64_000, 200_000, 640_000],
+            model_sizes=[
+                ModelShape(d_model, 2, n_heads=6 if d_model == 120 else 0)
+                for d_model in (16, 24, 32, 40, 48, 64, 80, 96, 120, 160, 192)
+            ],
+            budgets=[1.3e11, 2.6e11, 5.3e11, 1.1e12, 2.2e12],
+            models_per_budget=6,
+            tokens_per_param=25,
         ),
+        train=TrainSpec(context=128, batch_size=8, schedule="wsd", warmup_fraction=0.4, min_steps=200),
+        fit=FitSpec(bootstrap=1000, huber_delta=1e-2),
     ),
 }
 

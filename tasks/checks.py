@@ -138,13 +138,19 @@ def held_out(N: np.ndarray, compute: np.ndarray, holdout_fraction: float) -> np.
 
 
 def extrapolation_rows(
-    cell_ids: list[str], N: np.ndarray, D: np.ndarray, compute: np.ndarray, loss: np.ndarray, mask: np.ndarray
+    cell_ids: list[str],
+    N: np.ndarray,
+    D: np.ndarray,
+    compute: np.ndarray,
+    loss: np.ndarray,
+    mask: np.ndarray,
+    huber_delta: float = laws.HUBER_DELTA_CHINCHILLA,
 ) -> list[dict]:
     """Fit the Chinchilla form without the masked cells, and predict them."""
     if mask.all() or not mask.any():
         return []
     try:
-        fit = laws.fit_chinchilla(N[~mask], D[~mask], loss[~mask])
+        fit = laws.fit_chinchilla(N[~mask], D[~mask], loss[~mask], huber_delta=huber_delta)
     except ValueError:  # too few cells left for the form
         return []
     predicted = fit.predict(N[mask], D[mask])

@@ -75,14 +75,22 @@ def compute_frontier(compute: np.ndarray, loss: np.ndarray) -> np.ndarray:
     return np.array(frontier)
 
 
-def fit_sweep(points: SweepPoints, bootstrap: int = 0, holdout_fraction: float = 0.25) -> SweepFits:
+def fit_sweep(
+    points: SweepPoints,
+    bootstrap: int = 0,
+    holdout_fraction: float = 0.25,
+    huber_delta: float = laws.HUBER_DELTA_CHINCHILLA,
+) -> SweepFits:
     """Every law form that the points can determine (the others skipped, with the reason), the
-    compute-optimal allocation, and an extrapolation check on the largest cells."""
+    compute-optimal allocation, and an extrapolation check on the largest cells. `huber_delta` is
+    the Chinchilla form's Huber threshold on log loss (Hoffmann et al.'s 1e-3 by default)."""
     per_n = best_per(points.N, points.loss)
     per_d = best_per(points.D, points.loss)
     frontier = compute_frontier(points.C, points.loss)
     attempts = {
-        "chinchilla": lambda: laws.fit_chinchilla(points.N, points.D, points.loss, bootstrap=bootstrap),
+        "chinchilla": lambda: laws.fit_chinchilla(
+            points.N, points.D, points.loss, bootstrap=bootstrap, huber_delta=huber_delta
+        ),
         "power_law_N": lambda: laws.fit_power_law(points.N[per_n], points.loss[per_n], axis="N"),
         "power_law_D": lambda: laws.fit_power_law(points.D[per_d], points.loss[per_d], axis="D"),
         "power_law_C": lambda: laws.fit_power_law(points.C[frontier], points.loss[frontier], axis="C"),
@@ -100,7 +108,9 @@ def fit_sweep(points: SweepPoints, bootstrap: int = 0, holdout_fraction: float =
         fits,
         skipped,
         _optimal_rows(points, fits),
-        checks.extrapolation_rows(points.cell_ids, points.N, points.D, points.C, points.loss, held_out),
+        checks.extrapolation_rows(
+            points.cell_ids, points.N, points.D, points.C, points.loss, held_out, huber_delta
+        ),
         checks.isoflop_rows(points.N, points.D, points.C, points.loss) if len(points.N) else [],
     )
 

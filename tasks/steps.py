@@ -300,6 +300,7 @@ def fit_laws(
     target: str,
     bootstrap: int,
     holdout_fraction: float,
+    huber_delta: float,
 ) -> Record:
     """Every law form fitted to the sweep's finished cells (fits.parquet), the compute-optimal
     allocation (optimal.parquet), the extrapolation check (extrapolation.parquet), the IsoFLOP
@@ -311,7 +312,7 @@ def fit_laws(
 
         rows = cell_rows(Store(store), cell_ids)
         points = fits.points_from_runs(rows, params_kind, compute_kind, target)
-        sweep = fits.fit_sweep(points, bootstrap, holdout_fraction)
+        sweep = fits.fit_sweep(points, bootstrap, holdout_fraction, huber_delta)
         judged = verdict.judge(sweep)
         tables = {
             "fits": (fits.fit_rows(fp, sweep), schemas.FITS),

@@ -8,15 +8,18 @@ from tasks.errors import InputError
 
 def test_presets_are_valid_and_default_spans_enough_decades():
     default = PRESETS["default"]
-    plans = cell_plans(default, 4096, 3_000_000, 300_000)
+    plans = cell_plans(default, 1024, 3_800_000, 400_000)
     n = [p.shape.params_nonembedding() for p in plans]
     d = [p.tokens_target for p in plans]
-    assert max(n) / min(n) >= 10**1.5 and max(d) / min(d) >= 10**1.5
+    compute = [6 * p.shape.params_nonembedding() * p.tokens_seen for p in plans]
+    assert max(n) / min(n) >= 10 and max(d) / min(d) >= 10 and max(compute) / min(compute) >= 10
+    assert len(plans) == 5 * 6 and max(d) <= 3_800_000  # one epoch of the embedded corpus at most
+    assert min(p.steps for p in plans) >= 200
     assert len(cell_plans(PRESETS["smoke"], 512, 10**6, 10**5)) == 9
 
 
 def test_cells_come_most_expensive_first():
-    plans = cell_plans(PRESETS["default"], 4096, 3_000_000, 300_000)
+    plans = cell_plans(PRESETS["smoke"], 512, 10**6, 10**5)
     assert plans[0].tokens_target == max(p.tokens_target for p in plans)
 
 
