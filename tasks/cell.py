@@ -24,7 +24,8 @@ class WsdSchedule:
 
 @dataclass(frozen=True)
 class CellPlan:
-    """Everything that determines a cell's result."""
+    """Everything that determines a cell's result. The planner gives every field; tests and benches give
+    what they change."""
 
     shape: ModelShape
     params_target: int
@@ -34,15 +35,16 @@ class CellPlan:
     batch_size: int
     seed: int
     lr: float
-    warmup_fraction: float
-    min_lr_ratio: float
-    weight_decay: float
-    beta1: float
-    beta2: float
-    grad_clip: float
-    val_tokens: int
-    sample_prompt: str
-    sample_tokens: int
+    # warmup_fraction to sample_tokens default to TrainSpec's and EvalSpec's defaults (a test holds them)
+    warmup_fraction: float = 0.05
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    val_tokens: int = 65536
+    sample_prompt: str = "Fellow citizens"
+    sample_tokens: int = 24
     warmup_tokens_per_param: float = 1.0
     bf16_min_params: int | None = None  # None: always fp32
     compile: bool = False

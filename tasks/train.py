@@ -1,10 +1,10 @@
-"""Training and evaluating one grid cell: data order, schedule, loop, held-out metrics, sample; and the
-trunks that warmup-stable-decay (WSD) cells branch from."""
+"""Training one grid cell: the learner's step, the schedule and the loop, with checkpoints; and the
+trunks that warmup-stable-decay (WSD) cells branch from. The head's loss, the checkpoint format and the
+held-out evaluation live in tasks.head_loss, tasks.checkpoints and tasks.evaluate."""
 
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,6 +14,11 @@ import numpy as np
 import torch
 
 from tasks.cell import CellPlan, Checkpoints, plan_columns, schedule_multiplier
+from tasks.checkpoints import load_checkpoint, save_checkpoint
+from tasks.checkpoints import snapshot_name as snapshot_name  # re-exported: tasks.steps imports it here
+from tasks.evaluate import evaluate
+from tasks.evaluate import generate_sample as generate_sample  # re-exported, as snapshot_name
+from tasks.head_loss import TiedHeadLoss
 from tasks.model import (
     bf16_pays,
     build_model,
@@ -21,29 +26,11 @@ from tasks.model import (
     model_flops_utilization,
     training_flops_per_token,
 )
+from tasks.windows import sequence_order, windows
 
 DIVERGENCE_FACTOR = 2.0  # a loss above this times the uniform-guess loss counts as exploding
-HEAD_CHUNK_LOGITS = 2**19  # logits per chunk of the head's loss: 2 MB in fp32, so they stay in cache
 
 Precision = Literal["float32", "bfloat16"]
-
-
-def windows(stream: np.ndarray, context: int) -> np.ndarray:
-    """A zero-copy (n, context + 1) view of consecutive windows that overlap by one token."""
-    count = (len(stream) - 1) // context
-    if count < 1:
-        raise ValueError(f"a token stream of {len(stream)} tokens is shorter than one context window")
-    step = stream.strides[0]
-    return np.lib.stride_tricks.as_strided(
-        stream, (count, context + 1), (context * step, step), writeable=False
-    )
-
-
-def sequence_order(n_windows: int, n_needed: int, seed: int) -> np.ndarray:
-    """Window indices for the whole run: seeded permutations, one per epoch, as many as needed."""
-    rng = np.random.default_rng(seed)
-    epochs = math.ceil(n_needed / n_windows)
-    return np.concatenate([rng.permutation(n_windows) for _ in range(epochs)])[:n_needed]
 
 
 @dataclass(frozen=True)
@@ -76,6 +63,12 @@ class Run:
     learner: Learner
     schedule: torch.optim.lr_scheduler.LambdaLR
     progress: Progress
+
+    def save(self, path: Path) -> None:
+        """A checkpoint of the run as it stands (see tasks.checkpoints)."""
+        save_checkpoint(
+            path, self.learner.model, self.learner.optimizer, self.schedule, asdict(self.progress)
+        )
 
 
 @dataclass(frozen=True)
@@ -148,10 +141,6 @@ def train_trunk(
     }
 
 
-def snapshot_name(step: int) -> str:
-    return f"step-{step}.pt"
-
-
 def _start(plan: CellPlan, checkpoints: Checkpoints | None) -> Run:
     model = build_model(plan.shape, plan.vocab_size, plan.context, plan.seed)
     learner = make_learner(model, plan)
@@ -159,11 +148,19 @@ def _start(plan: CellPlan, checkpoints: Checkpoints | None) -> Run:
     return Run(learner, schedule, _resume(checkpoints, model, learner.optimizer, schedule))
 
 
+def _resume(checkpoints: Checkpoints | None, model, optimizer, schedule) -> Progress:
+    if checkpoints is None or not checkpoints.path.exists():
+        return Progress()
+    state = load_checkpoint(checkpoints.path, model, optimizer)
+    schedule.load_state_dict(state["schedule"])
+    return Progress(**state["progress"])
+
+
 def _branch(run: Run, plan: CellPlan, snapshot: Path) -> Run:
     """The run continued from its trunk's snapshot as if it had trained the trunk's steps itself: the rate
     follows this plan from the snapshot's step on, and the trunk's per-step losses become this plan's
     curve points, with the rates this plan's schedule gives them."""
-    state = _load_state(snapshot, run.learner.model, run.learner.optimizer)
+    state = load_checkpoint(snapshot, run.learner.model, run.learner.optimizer)
     trunk = Progress(**state["progress"])
     progress = Progress(step=trunk.step, train_seconds=trunk.train_seconds)
     for point in trunk.curve:
@@ -203,9 +200,9 @@ def _train_steps(
         progress.record(plan, step, loss, run.schedule.get_last_lr()[0], curve_every)
         progress.step = step + 1
         if progress.step in snapshots:  # before the checkpoint: a run resumed past it never saves it
-            _save_checkpoint(snapshots[progress.step], run)
+            run.save(snapshots[progress.step])
         if checkpoints and now - last_save >= checkpoints.every_seconds:
-            _save_checkpoint(checkpoints.path, run)
+            run.save(checkpoints.path)
             last_save = now
     return None
 
@@ -272,95 +269,6 @@ def lr_schedule(
     )
 
 
-class TiedHeadLoss(torch.autograd.Function):
-    """Mean cross-entropy of the logits `hidden @ weight.T` against `targets`, a chunk of tokens at a time.
-
-    The full logits (tokens x vocab floats: 67 MB for 32 x 128 tokens at vocab 4096) never exist. Each
-    chunk's gradient is taken in the forward pass while its logits are still in cache; this replaces
-    the passes of log-softmax, of the zero-filled one-hot and the page faults of fresh 67 MB buffers,
-    which took more than half of a 25k-parameter model's step. For training only: its forward already
-    pays for the backward.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros_like(weight)
-        loss_sum = hidden.new_zeros(())
-        rows = max(1, HEAD_CHUNK_LOGITS // weight.shape[0])
-        for start in range(0, len(hidden), rows):
-            chunk, target = hidden[start : start + rows], targets[start : start + rows]
-            logits = chunk @ weight.T
-            target_logits = logits.gather(1, target[:, None])
-            peak = logits.amax(dim=1, keepdim=True)
-            exp = logits.sub_(peak).exp_()
-            total = exp.sum(dim=1, keepdim=True)
-            loss_sum += (total.log() + peak - target_logits).sum()
-            # d loss / d logits = exp / total - one_hot(target); 1/total scales the narrow operand
-            inverse = total.reciprocal_()
-            grad_chunk = torch.mm(exp, weight, out=grad_hidden[start : start + rows])
-            grad_chunk.mul_(inverse).sub_(weight[target])
-            grad_weight.addmm_(exp.T, chunk * inverse)
-            grad_weight.index_add_(0, target, chunk, alpha=-1.0)
-        ctx.save_for_backward(grad_hidden.div_(len(hidden)), grad_weight.div_(len(hidden)))
-        return loss_sum / len(hidden)
-
-    @staticmethod
-    def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_loss, grad_weight * grad_loss, None
-
-
-@torch.no_grad()
-def next_token_nats(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """Loss in nats of each next token of a (batch, context + 1) block: (batch, context)."""
-    hidden = model.model(input_ids=batch[:, :-1]).last_hidden_state
-    hidden = hidden.reshape(-1, hidden.shape[-1])
-    targets = batch[:, 1:].reshape(-1)
-    weight = model.lm_head.weight
-    rows = max(1, HEAD_CHUNK_LOGITS // weight.shape[0])
-    nats = []
-    for start in range(0, len(hidden), rows):
-        logits = hidden[start : start + rows] @ weight.T
-        target_logits = logits.gather(1, targets[start : start + rows, None]).squeeze(1)
-        nats.append(logits.logsumexp(dim=1) - target_logits)
-    return torch.cat(nats).view(len(batch), -1)
-
-
-def _save_checkpoint(path: Path, run: Run) -> None:
-    """Model, optimizer, schedule, RNG and data position, replaced atomically (whole or not at all)."""
-    state = {
-        "model": run.learner.model.state_dict(),
-        "optimizer": run.learner.optimizer.state_dict(),
-        "schedule": run.schedule.state_dict(),
-        "rng": torch.random.get_rng_state(),
-        "progress": asdict(run.progress),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    torch.save(state, partial)
-    with partial.open("rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
-
-
-def _resume(checkpoints: Checkpoints | None, model, optimizer, schedule) -> Progress:
-    if checkpoints is None or not checkpoints.path.exists():
-        return Progress()
-    state = _load_state(checkpoints.path, model, optimizer)
-    schedule.load_state_dict(state["schedule"])
-    return Progress(**state["progress"])
-
-
-def _load_state(path: Path, model, optimizer) -> dict:
-    """A checkpoint's model, optimizer and RNG state put in place; returns the whole checkpoint."""
-    state = torch.load(path, weights_only=True)  # never unpickle arbitrary objects
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    torch.random.set_rng_state(state["rng"])
-    return state
-
-
 def make_optimizer(model: torch.nn.Module, plan: CellPlan) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only; fused: one kernel per parameter, not ten."""
     matrices = [p for p in model.parameters() if p.dim() >= 2]
@@ -408,46 +316,3 @@ def _result_row(
         "precision": learner.precision,
         "compiled": plan.compile,
     }
-
-
-@torch.no_grad()
-def evaluate(
-    model: torch.nn.Module, val_stream: np.ndarray, token_bytes: np.ndarray, context: int, val_tokens: int
-) -> dict:
-    """Held-out loss over fixed windows (the same for every cell), with its standard error."""
-    model.eval()
-    val_windows = windows(val_stream, context)[: max(1, val_tokens // context)]
-    window_nats = []
-    for start in range(0, len(val_windows), 16):
-        batch = torch.from_numpy(val_windows[start : start + 16].astype(np.int64))
-        window_nats.append(next_token_nats(model, batch).sum(dim=1).double().numpy())
-    nats_per_window = np.concatenate(window_nats)
-    n_tokens = len(val_windows) * context
-    loss = float(nats_per_window.sum() / n_tokens)
-    stderr = (
-        float(np.std(nats_per_window / context, ddof=1) / math.sqrt(len(nats_per_window)))
-        if len(nats_per_window) > 1
-        else float("nan")
-    )
-    target_bytes = int(token_bytes[val_windows[:, 1:]].sum())
-    return {
-        "val_loss_nats": loss,
-        "val_loss_stderr": stderr,
-        "val_perplexity": math.exp(loss),
-        "val_bits_per_byte": float(nats_per_window.sum() / math.log(2) / max(target_bytes, 1)),
-        "val_tokens": n_tokens,
-    }
-
-
-@torch.no_grad()
-def generate_sample(model_dir: Path, prompt: str, max_new_tokens: int) -> str:
-    """Greedy continuation of `prompt` by the saved model, loaded the way a user would load it."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if max_new_tokens == 0:
-        return ""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    inputs = tokenizer(prompt, return_tensors="pt")
-    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0)
-    return tokenizer.decode(output[0], skip_special_tokens=True)

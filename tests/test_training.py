@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import numpy as np
@@ -8,7 +9,7 @@ from conftest import make_documents
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from flows.plan import cell_params, cell_plans, grid_params
-from flows.spec import PRESETS, GridSpec, SpecError, SweepSpec, TrainSpec, validate_spec
+from flows.spec import PRESETS, EvalSpec, GridSpec, SpecError, SweepSpec, TrainSpec, validate_spec
 from tasks import tokens
 from tasks.cell import (
     CellPlan,
@@ -19,22 +20,13 @@ from tasks.cell import (
     lr_multiplier,
     wsd_multiplier,
 )
+from tasks.checkpoints import snapshot_name
+from tasks.evaluate import evaluate, generate_sample
+from tasks.head_loss import TiedHeadLoss, next_token_nats
 from tasks.identity import step_fingerprint
 from tasks.model import ModelShape, build_model, count_params, shape_for_params
-from tasks.train import (
-    Learner,
-    TiedHeadLoss,
-    evaluate,
-    generate_sample,
-    lr_schedule,
-    next_token_nats,
-    precision_for,
-    sequence_order,
-    snapshot_name,
-    train_cell,
-    train_trunk,
-    windows,
-)
+from tasks.train import Learner, lr_schedule, precision_for, train_cell, train_trunk
+from tasks.windows import sequence_order, windows
 
 
 @pytest.fixture(scope="module")
@@ -59,16 +51,24 @@ def tiny_plan(**changes) -> CellPlan:
         seed=0,
         lr=3e-3,
         warmup_fraction=0.1,
-        min_lr_ratio=0.1,
-        weight_decay=0.1,
-        beta1=0.9,
-        beta2=0.95,
-        grad_clip=1.0,
         val_tokens=1024,
         sample_prompt="The nation",
         sample_tokens=5,
     )
     return CellPlan(**(plan | changes))
+
+
+def test_cell_plan_defaults_are_the_specs_defaults():
+    """A test's or bench's plan that leaves a field out trains as a sweep with default settings would."""
+    defaults = {
+        f.name: f.default for f in dataclasses.fields(CellPlan) if f.default is not dataclasses.MISSING
+    }
+    train, evaluation = TrainSpec(), EvalSpec()
+    specs = {name: getattr(train, name) for name in defaults if name in TrainSpec.model_fields}
+    specs |= {name: getattr(evaluation, name) for name in defaults if name in EvalSpec.model_fields}
+    specs.pop("bf16_min_params")  # None here: a plan built by hand trains in fp32 whatever the machine
+    assert {name: defaults[name] for name in specs} == specs
+    assert set(defaults) - set(specs) == {"bf16_min_params", "wsd"}
 
 
 def test_tokenizer_loads_in_transformers_and_round_trips(tokenizer, tmp_path):
