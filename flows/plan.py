@@ -1,9 +1,14 @@
-"""From a SweepSpec to the list of grid cells it asks for."""
+"""From a SweepSpec to its plan: the grid cells it asks for, and the ordered steps of the sweep
+(corpus -> vocabulary -> tokens -> trunks and cells -> sweep record -> fits -> report), each with its
+parameters and fingerprint. Pure and without Prefect: the flow executes the plan, and `scalelaw status`
+and the rerun of a complete sweep read the store by it."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
 from flows.spec import SweepSpec
 from storage.store import fingerprint
@@ -185,6 +190,10 @@ def report_params(store: str, sweep_name: str, cell_ids: list[str], fits_fp: str
     return {"store": store, "sweep_name": sweep_name, "cell_ids": cell_ids, "fits_fp": fits_fp}
 
 
+def sweep_params(store: str, this_sweep: str, sweep_name: str, cell_ids: list[str]) -> dict:
+    return {"store": store, "sweep_id": this_sweep, "sweep_name": sweep_name, "cell_ids": cell_ids}
+
+
 def cell_params(
     spec: SweepSpec, store: str, tokens_fp: str, vocab_fp: str, plan: CellPlan, trunk_fp: str | None = None
 ) -> dict:
@@ -224,3 +233,113 @@ def grid_params(
         trunk_of |= dict.fromkeys(branches, step_fingerprint("trunks", trunk))
     cells = [cell_params(spec, store, tokens_fp, vocab_fp, plan, trunk_of.get(plan)) for plan in plans]
     return cells, trunks
+
+
+# The steps that prepare the data, in order; the cells' plans need their records (vocabulary size,
+# token counts), so the plan goes past them only once these are known.
+DATA_KINDS = ("clean", "vocab", "tokens")
+TRAINING_KINDS = ("trunks", "cells")
+Record = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a sweep: the artifact kind it builds (also its task's name), the task's parameters,
+    and the fingerprint of its artifact."""
+
+    kind: str
+    params: dict[str, Any]
+    fp: str
+
+
+def planned(kind: str, params: dict[str, Any]) -> Step:
+    return Step(kind, params, step_fingerprint(kind, params))
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A sweep's steps in the order they run. Until the data steps' records are known it holds those
+    steps alone (`known` false); `cell_plans` are the cells' plans, in the order of the cell steps."""
+
+    sweep_id: str
+    steps: tuple[Step, ...]
+    cell_plans: tuple[CellPlan, ...] = ()
+
+    @property
+    def known(self) -> bool:
+        return any(step.kind not in DATA_KINDS for step in self.steps)
+
+    def of(self, kind: str) -> list[Step]:
+        return [step for step in self.steps if step.kind == kind]
+
+    def step(self, kind: str) -> Step:
+        (step,) = self.of(kind)
+        return step
+
+    def params(self, kind: str) -> list[dict[str, Any]]:
+        return [step.params for step in self.of(kind)]
+
+    @property
+    def cell_ids(self) -> list[str]:
+        return sorted({step.fp for step in self.of("cells")})
+
+    @property
+    def after_training(self) -> list[Step]:
+        """The steps that follow the cells (sweep record, fits, report): all complete in the store, with
+        every cell done, means a rerun has nothing to do."""
+        return [step for step in self.steps if step.kind not in (*DATA_KINDS, *TRAINING_KINDS)]
+
+
+def sweep_plan(spec: SweepSpec, store: str, data: Mapping[str, Record] | None = None) -> SweepPlan:
+    """The sweep's plan in the store at `store`. `data`: the records of the data steps known so far, by
+    kind (from running them, or from the store); a step downstream of a known record takes its
+    fingerprint from it, the same string (so that Prefect's UI draws the edge between the two)."""
+    data = data or {}
+    clean = planned("clean", corpus_params(spec, store))
+    vocab = planned("vocab", vocab_params(spec, store, _fp(data, clean)))
+    tokens = planned("tokens", tokens_params(store, _fp(data, clean), _fp(data, vocab)))
+    this_sweep = sweep_id(spec)
+    if "vocab" not in data or "tokens" not in data:
+        return SweepPlan(this_sweep, (clean, vocab, tokens))
+    counts = data["tokens"]
+    plans = cell_plans(spec, data["vocab"]["vocab_size"], counts["train_tokens"], counts["val_tokens"])
+    grid, trunk_grid = grid_params(spec, store, _fp(data, tokens), _fp(data, vocab), plans)
+    trunks = [planned("trunks", params) for params in trunk_grid]
+    cells = [planned("cells", params) for params in grid]
+    cell_ids = sorted({cell.fp for cell in cells})
+    record = Step("sweeps", sweep_params(store, this_sweep, spec.name, cell_ids), this_sweep)
+    fits, report = analysis_steps(store, spec.name, cell_ids, spec.fit.model_dump())
+    steps = (clean, vocab, tokens, *trunks, *cells, record, fits, report)
+    return SweepPlan(this_sweep, steps, tuple(plans))
+
+
+def analysis_steps(
+    store: str,
+    sweep_name: str,
+    cell_ids: list[str],
+    fit_options: Mapping[str, Any],
+    fits: Record | None = None,
+) -> tuple[Step, Step]:
+    """The fits of the cells and the report on them (a sweep's last steps, and all of a refit);
+    `fit_options`: the fields of a FitSpec; `fits`: the fits' record once known."""
+    fit_step = planned("fits", fit_params(store, cell_ids, **fit_options))
+    report = planned("reports", report_params(store, sweep_name, cell_ids, _fp(fits or {}, fit_step)))
+    return fit_step, report
+
+
+def resolved_plan(spec: SweepSpec, store: str, record_of: Callable[[Step], Record | None]) -> SweepPlan:
+    """The plan once its data steps are known: `record_of` runs each in turn (the flow) or reads it
+    from the store (status), and answers None when it is not there; the plan stops at that step."""
+    data: dict[str, Record] = {}
+    for kind in DATA_KINDS:
+        record = record_of(sweep_plan(spec, store, data).step(kind))
+        if record is None:
+            break
+        data[kind] = record
+    return sweep_plan(spec, store, data)
+
+
+def _fp(data: Mapping[str, Record], step: Step) -> str:
+    """The fingerprint of a step: its record's when known (the two are equal), else the planned one."""
+    record = data.get(step.kind)
+    return record["fp"] if record else step.fp

@@ -8,16 +8,7 @@ from dataclasses import dataclass, replace
 
 from rich.table import Table
 
-from flows.plan import (
-    cell_params,
-    cell_plans,
-    corpus_params,
-    fit_params,
-    report_params,
-    sweep_id,
-    tokens_params,
-    vocab_params,
-)
+from flows.plan import SweepPlan, cell_plans, resolved_plan
 from flows.spec import SweepSpec
 from storage.store import Store
 from tasks.cell import CellPlan
@@ -47,28 +38,28 @@ class CellState:
     budget_flops: float | None = None  # IsoFLOP grids: the budget the cell spends
 
 
-def grid_status(spec: SweepSpec) -> list[CellState]:
-    """Every cell of the spec's grid with its state; all missing while the data is not prepared."""
+def stored_plan(spec: SweepSpec) -> SweepPlan:
+    """The spec's plan as far as the store holds its data steps' records."""
     store = Store(spec.execution.store)
-    root = store.location
-    corpus = store.marker("clean", step_fingerprint("clean", corpus_params(spec, root)))
-    vocab = corpus and store.marker(
-        "vocab", step_fingerprint("vocab", vocab_params(spec, root, corpus["fp"]))
-    )
-    tokens = vocab and store.marker(
-        "tokens", step_fingerprint("tokens", tokens_params(root, corpus["fp"], vocab["fp"]))
-    )
-    if not tokens:
+    return resolved_plan(spec, store.location, lambda step: store.marker(step.kind, step.fp))
+
+
+def grid_status(spec: SweepSpec, plan: SweepPlan | None = None) -> list[CellState]:
+    """Every cell of the spec's grid with its state; all missing while the data is not prepared.
+    `plan`: the spec's `stored_plan`, when already read."""
+    store = Store(spec.execution.store)
+    plan = plan or stored_plan(spec)
+    if not plan.known:
         unknown_size = 2**62  # the data is not tokenized yet: list the grid without the size checks
         plans = cell_plans(spec, spec.vocab.size, unknown_size, unknown_size)
-        states = [(plan, _missing(plan)) for plan in plans]
+        states = [(cell_plan, _missing(cell_plan)) for cell_plan in plans]
     else:
-        plans = cell_plans(spec, vocab["vocab_size"], tokens["train_tokens"], tokens["val_tokens"])
-        states = []
-        for plan in plans:
-            cell_id = step_fingerprint("cells", cell_params(spec, root, tokens["fp"], vocab["fp"], plan))
-            states.append((plan, _stored_state(store, cell_id, plan, spec.execution.checkpoint_seconds)))
-    budgeted = [replace(state, budget_flops=_budget_of(spec, plan)) for plan, state in states]
+        checkpoint_seconds = spec.execution.checkpoint_seconds
+        states = [
+            (cell_plan, _stored_state(store, cell.fp, cell_plan, checkpoint_seconds))
+            for cell_plan, cell in zip(plan.cell_plans, plan.of("cells"), strict=True)
+        ]
+    budgeted = [replace(state, budget_flops=_budget_of(spec, cell_plan)) for cell_plan, state in states]
     return sorted(budgeted, key=lambda s: (s.params, s.tokens, s.seed))
 
 
@@ -112,22 +103,22 @@ def _unfinished(store: Store, cell_id: str, plan: CellPlan, checkpoint_seconds: 
 
 
 def stored_sweep(spec: SweepSpec) -> dict | None:
-    """What a run of the spec would return when its cells, fits and report are all complete in the
-    store (found without Prefect); None when anything is left to do."""
-    cells = grid_status(spec)
-    if any(cell.state != "done" for cell in cells):
+    """What a run of the spec would return when its cells and every step after them (the sweep's
+    record, fits, report) are all complete in the store (found without Prefect); None when anything is
+    left to do."""
+    plan = stored_plan(spec)
+    if not plan.known or any(cell.state != "done" for cell in grid_status(spec, plan)):
         return None
     store = Store(spec.execution.store)
-    cell_ids = sorted(cell.cell_id for cell in cells)
-    fits = store.marker(
-        "fits", step_fingerprint("fits", fit_params(store.location, cell_ids, **spec.fit.model_dump()))
-    )
-    report = fits and store.marker(
-        "reports", step_fingerprint("reports", report_params(store.location, spec.name, cell_ids, fits["fp"]))
-    )
-    if not (report and store.is_complete("sweeps", sweep_id(spec))):
+    records = {step.kind: store.marker(step.kind, step.fp) for step in plan.after_training}
+    if not all(records.values()):
         return None
-    return {"sweep_id": sweep_id(spec), "store": store.location, "fits": fits, "report": report["path"]}
+    return {
+        "sweep_id": plan.sweep_id,
+        "store": store.location,
+        "fits": records["fits"],
+        "report": records["reports"]["path"],
+    }
 
 
 def grid_table(spec: SweepSpec, cells: list[CellState]) -> Table:

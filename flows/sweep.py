@@ -1,18 +1,15 @@
-"""The scaling sweep: corpus → vocabulary → tokens → one training per grid cell → laws → report."""
+"""The scaling sweep: corpus → vocabulary → tokens → one training per grid cell → laws → report.
+
+Prefect wiring only: the steps, their parameters and fingerprints come from the plan (flows/plan.py),
+the process plumbing from flows/runtime.py."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import multiprocessing
-import os
-import queue
 import re
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import Task, flow, get_run_logger
 from prefect.artifacts import (
     create_link_artifact,
     create_markdown_artifact,
@@ -20,38 +17,27 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.client.orchestration import get_client
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 
-from flows.plan import (
-    cell_plans,
-    corpus_params,
-    fit_params,
-    grid_params,
-    report_params,
-    sweep_id,
-    tokens_params,
-    vocab_params,
-)
+# The CLI and the progress bar import add/remove_progress_listener and start_prefect_api from here
+# (re-exported, `x as x`).
+from flows.plan import Step, analysis_steps, planned, resolved_plan
+from flows.runtime import add_progress_listener as add_progress_listener
+from flows.runtime import api_shared_with_workers, as_finished, notify_progress, workers_killed_when_stopped
+from flows.runtime import remove_progress_listener as remove_progress_listener
+from flows.runtime import start_prefect_api as start_prefect_api
 from flows.spec import PRESETS, ExecutionSpec, SweepSpec
 from flows.status import grid_artifact_rows
 from storage.store import Store
 from tasks import steps
 from tasks.identity import reusable, step_fingerprint
 
-ProgressCallback = Callable[[int, int, dict[str, Any]], None]
-_progress_listeners: list[ProgressCallback] = []
-
-
-def add_progress_listener(listener: ProgressCallback) -> None:
-    """Called with (cells done, cells in total, the finished cell's record) as cells finish."""
-    _progress_listeners.append(listener)
-
-
-def remove_progress_listener(listener: ProgressCallback) -> None:
-    _progress_listeners.remove(listener)
-
+# Each artifact's task, by the kind it builds (its name): the plan's steps name them so.
+STEP_TASKS: dict[str, Task] = {
+    task.name: task
+    for task in (steps.prepare_corpus, steps.build_vocab, steps.tokenize, steps.fit_laws, steps.write_report)
+}
 
 # Prefect writes a failed run's exception to its result storage, as a pickle unless told otherwise; as
 # JSON it keeps the type and message. A finished run's result is not written: the store holds it.
@@ -60,37 +46,6 @@ FLOW_RESULTS: dict[str, Any] = {"persist_result": False, "result_serializer": "j
 
 class CellsFailed(RuntimeError):
     """Raised at the end of a sweep whose cells did not all finish; names them."""
-
-
-def start_prefect_api() -> None:
-    """Start this process's temporary Prefect server (when no server is configured) before any flow,
-    one process at a time: two servers that create a new database at once both fail ("index ...
-    already exists"), so two sweeps started together would otherwise crash."""
-    from prefect.settings import get_current_settings
-
-    settings = get_current_settings()
-    if settings.api.url:
-        return
-    settings.home.mkdir(parents=True, exist_ok=True)
-    with open(settings.home / "scalelaw-server.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        with get_client(sync_client=True) as client:
-            client.api_healthcheck()
-
-
-@contextlib.contextmanager
-def _api_shared_with_workers() -> Iterator[None]:
-    """Worker processes report to this run's API; without this each would start a temporary server."""
-    previous = os.environ.get("PREFECT_API_URL")
-    with get_client(sync_client=True) as client:
-        os.environ["PREFECT_API_URL"] = str(client.api_url)
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = previous
 
 
 def task_runner(execution: ExecutionSpec) -> TaskRunner:
@@ -106,31 +61,26 @@ def task_runner(execution: ExecutionSpec) -> TaskRunner:
     )
 
 
-def run_step(step: Any, **params: Any) -> dict[str, Any]:
-    """Call a cached step, refreshing Prefect's cache when the artifact itself is missing."""
-    return step.with_options(refresh_cache=not _reusable(step, params))(**params)
+def run_step(step: Step) -> dict[str, Any]:
+    """Run a planned step's cached task, refreshing Prefect's cache when the artifact itself is missing."""
+    task = STEP_TASKS[step.kind]
+    return task.with_options(refresh_cache=not _reusable(step))(**step.params)
 
 
-def _reusable(step: Any, params: dict[str, Any]) -> bool:
-    fp = step_fingerprint(step.name, params)
-    return reusable(Store(params["store"]).marker(step.name, fp))
+def _reusable(step: Step) -> bool:
+    return reusable(Store(step.params["store"]).marker(step.kind, step.fp))
 
 
 @flow(name="scaling-sweep", **FLOW_RESULTS)
 def scaling_sweep(spec: SweepSpec = PRESETS["default"]) -> dict[str, Any]:
     """Train every cell of the grid on the spec's corpus and fit scaling laws to the results."""
     store = Store(spec.execution.store).location
-    corpus = run_step(steps.prepare_corpus, **corpus_params(spec, store))
-    vocab = run_step(steps.build_vocab, **vocab_params(spec, store, corpus["fp"]))
-    tokens = run_step(steps.tokenize, **tokens_params(store, corpus["fp"], vocab["fp"]))
-    plans = cell_plans(spec, vocab["vocab_size"], tokens["train_tokens"], tokens["val_tokens"])
-    grid, trunks = grid_params(spec, store, tokens["fp"], vocab["fp"], plans)
+    plan = resolved_plan(spec, store, run_step)  # runs the data steps: corpus, vocabulary, tokens
     runner = task_runner(spec.execution)
-    with _api_shared_with_workers():
-        cells = train_grid.with_options(task_runner=runner)(grid, trunks)
-    cell_ids = sorted(cell["cell_id"] for cell in cells)
-    sweep = steps.record_sweep(store, sweep_id(spec), spec.name, cell_ids)
-    fits, report = fit_and_report(store, spec.name, cell_ids, **spec.fit.model_dump())
+    with api_shared_with_workers():
+        cells = train_grid.with_options(task_runner=runner)(plan.params("cells"), plan.params("trunks"))
+    sweep = steps.record_sweep(**plan.step("sweeps").params)
+    fits, report = fit_and_report(store, spec.name, plan.cell_ids, **spec.fit.model_dump())
     failed = [cell for cell in cells if cell["status"] != "ok"]
     summary = {"sweep_id": sweep, "store": store, "cells": cells, "fits": fits, "report": report["path"]}
     if failed:
@@ -146,8 +96,10 @@ def fit_and_report(
 
     `fit_options` are the fields of the spec's FitSpec.
     """
-    fits = run_step(steps.fit_laws, **fit_params(store, cell_ids, **fit_options))
-    report = run_step(steps.write_report, **report_params(store, sweep_name, cell_ids, fits["fp"]))
+    fit_step, _ = analysis_steps(store, sweep_name, cell_ids, fit_options)
+    fits = run_step(fit_step)
+    _, report_step = analysis_steps(store, sweep_name, cell_ids, fit_options, fits)
+    report = run_step(report_step)
     from tasks.report import with_inline_images  # matplotlib: only once there is a report to publish
 
     report_store = Store(store)
@@ -186,51 +138,22 @@ def train_grid(grid: list[dict], trunks: list[dict] | None = None) -> list[dict]
     count = sum(len(cells) for cells in to_train.values())
     get_run_logger().info("%d cells complete, %d to train", len(results), count)
     _report_progress(grid, results, progress, None, {})
-    with _workers_killed_when_stopped():
+    with workers_killed_when_stopped():
         submitted = {_cell_fp(params): _submit_cell(params) for params in to_train.pop(None, [])}
         trunk_futures = [
             _submit_trunk(trunk)
             for trunk in trunks or []
             if step_fingerprint(steps.train_grid_trunk.name, trunk) in to_train
         ]
-        for trunk in _as_finished(trunk_futures):
+        for trunk in as_finished(trunk_futures):
             submitted |= {
                 _cell_fp(params): _submit_cell(params, trunk) for params in to_train[trunk.result()["fp"]]
             }
-        for future in _as_finished(list(submitted.values())):
+        for future in as_finished(list(submitted.values())):
             record = future.result()
             results[record["cell_id"]] = record
             _report_progress(grid, results, progress, record, submitted)
     return list(results.values())
-
-
-@contextlib.contextmanager
-def _workers_killed_when_stopped() -> Iterator[None]:
-    """A sweep stopped while cells train (SIGTERM, which Prefect raises as TerminationSignal, or
-    Ctrl-C) kills its local worker processes at once; the pool would otherwise finish every running
-    cell before the flow ends. A killed cell continues from its last checkpoint on the next run."""
-    try:
-        yield
-    except BaseException:
-        for worker in multiprocessing.active_children():
-            worker.kill()
-        raise
-
-
-def _as_finished(futures: list[PrefectFuture]) -> Iterator[PrefectFuture]:
-    """The futures as they finish, waking every second: Python runs signal handlers (SIGTERM, Ctrl-C)
-    in the main thread, and a signal that the kernel gave another thread reaches it only when it wakes."""
-    finished: queue.SimpleQueue[PrefectFuture] = queue.SimpleQueue()
-    for future in futures:
-        future.add_done_callback(finished.put)
-    for _ in futures:
-        while True:
-            try:
-                future = finished.get(timeout=1.0)
-            except queue.Empty:
-                continue
-            yield future
-            break
 
 
 def _cell_fp(params: dict) -> str:
@@ -240,7 +163,7 @@ def _cell_fp(params: dict) -> str:
 def _submit_trunk(params: dict) -> PrefectFuture:
     """Train a trunk in a worker; Prefect's cache may answer only when its artifact is complete."""
     step = steps.train_grid_trunk
-    return step.with_options(refresh_cache=not _reusable(step, params)).submit(**params)
+    return step.with_options(refresh_cache=not _reusable(planned(step.name, params))).submit(**params)
 
 
 def _submit_cell(params: dict, trunk: PrefectFuture | None = None) -> PrefectFuture:
@@ -264,5 +187,4 @@ def _report_progress(
     create_table_artifact(
         grid_artifact_rows(grid, results, running), key="grid-status", description="Cells by N and D"
     )
-    for listener in _progress_listeners:
-        listener(len(results), len(grid), last)
+    notify_progress(len(results), len(grid), last)
