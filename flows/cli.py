@@ -16,12 +16,12 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.fit_csv import add_csv_options, fit_csv, refuse_csv_options
-from flows.spec import PRESETS, SpecError, SweepSpec, load_spec, validate_spec
+from flows.spec import PRESETS, SweepSpec, load_spec, validate_spec
+from storage.errors import UserError
 from storage.store import DEFAULT_STORE, Store, StoreError
 from tasks.corpus import source_version
 from tasks.errors import InputError
 
-USER_ERRORS = (InputError, SpecError, StoreError)
 EXIT_USER_ERROR = 2
 EXIT_CELLS_FAILED = 1
 EXIT_DISK_FULL = 74  # EX_IOERR of sysexits.h
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     _configure_prefect(args.verbose)
     try:
         return args.command(args)
-    except USER_ERRORS as error:
+    except UserError as error:  # InputError, SpecError, StoreError: one sentence, exit 2
         errors.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
@@ -296,10 +296,8 @@ def _query(args: argparse.Namespace) -> int:
     store = _existing_store(args.store)
     try:
         result = read_only_query(store, args.sql)
-    except duckdb.Error as error:
+    except duckdb.Error as error:  # read_only_query raises a QueryError (a UserError) itself
         raise InputError(f"query: {str(error).splitlines()[0]}; fix the SQL.") from None
-    except ValueError as error:
-        raise InputError(str(error)) from None
     if result.description is None:
         return 0
     columns = [d[0] for d in result.description]

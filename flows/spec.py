@@ -8,13 +8,14 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from storage.errors import UserError
 from tasks.model import MAX_D_MODEL, MAX_LAYERS, ModelShape
 
 MAX_MODEL_PARAMS = ModelShape(MAX_D_MODEL, MAX_LAYERS).params_nonembedding()  # larger targets get no shape
 MAX_BOOTSTRAP = 10_000
 
 
-class SpecError(ValueError):
+class SpecError(UserError):
     """A spec that cannot run; the message is one sentence naming the field and the fix."""
 
 

@@ -2,41 +2,43 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import PurePosixPath
 
 import duckdb
-import pyarrow as pa
 
-from storage import schemas
+from storage.datasets import DATASETS, SWEEPS, Dataset
+from storage.errors import UserError
 from storage.store import Store, StoreError
 
-VIEWS: dict[str, tuple[str, str, pa.Schema]] = {
-    "runs": ("cells", "result.parquet", schemas.RUNS),
-    "curves": ("cells", "curve.parquet", schemas.CURVES),
-    "sweeps": ("sweeps", "cells.parquet", schemas.SWEEPS),
-    "fits": ("fits", "fits.parquet", schemas.FITS),
-    "isoflop": ("fits", "isoflop.parquet", schemas.ISOFLOP),
-    "extrapolation": ("fits", "extrapolation.parquet", schemas.EXTRAPOLATION),
-    "verdict": ("fits", "verdict.parquet", schemas.VERDICT),
-    "corpus_stats": ("clean", "stats.parquet", schemas.CORPUS_STATS),
-}
+VIEWS: dict[str, Dataset] = {d.view: d for d in DATASETS if d.view is not None}
+
+
+class QueryError(UserError):
+    """A statement that `scalelaw query` refuses; the message says why."""
 
 
 def open_catalog(store: Store) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with one view per table kind over the store's complete artifacts.
+    """An in-memory DuckDB connection with one view per queryable dataset over the store's complete
+    artifacts. A view holds its dataset's declared columns only (a column retired from the schema
+    stays out even where older files still hold it).
 
     A remote store's filesystem is registered with DuckDB, which then reads its files through fsspec.
     """
     con = duckdb.connect(":memory:")
     if not store.is_local:
         con.register_filesystem(store.fs)
-    for name, (kind, file, schema) in VIEWS.items():
-        files = store.complete_files(kind, file)
+    for name, dataset in VIEWS.items():
+        files = dataset.files(store)
         if files:
             paths = ", ".join(f"'{_sql_quote(str(f))}'" for f in files)
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{paths}], union_by_name = true)")
+            declared = "|".join(re.escape(column) for column in dataset.schema.names)
+            con.execute(
+                f"CREATE VIEW {name} AS SELECT COLUMNS('^({declared})$') "
+                f"FROM read_parquet([{paths}], union_by_name = true)"
+            )
         else:
-            con.register(name, schema.empty_table())
+            con.register(name, dataset.schema.empty_table())
     return con
 
 
@@ -47,9 +49,9 @@ def _sql_quote(text: str) -> str:
 def sweep_cells(store: Store, sweep_name: str | None = None) -> tuple[str, str, list[str]]:
     """(sweep_id, sweep_name, cell_ids) of the most recently recorded sweep, by name when given."""
     recorded = []
-    for path in store.complete_files("sweeps", "cells.parquet"):
+    for path in SWEEPS.files(store):
         sweep_id = PurePosixPath(path).parent.name
-        record = store.marker("sweeps", sweep_id) or {}
+        record = store.marker(SWEEPS.kind, sweep_id) or {}
         if sweep_name in (None, record.get("sweep_name")):
             recorded.append((record.get("recorded_at", ""), sweep_id))
     if not recorded:
@@ -58,7 +60,7 @@ def sweep_cells(store: Store, sweep_name: str | None = None) -> tuple[str, str, 
             f"store: {store.location} holds no sweep {wanted}yet; run one first or check --sweep."
         )
     _, sweep_id = max(recorded)
-    rows = store.read_table("sweeps", sweep_id, "cells.parquet").to_pylist()
+    rows = SWEEPS.rows(store, sweep_id)
     return sweep_id, rows[0]["sweep_name"], [row["cell_id"] for row in rows]
 
 
@@ -73,9 +75,9 @@ def read_only_query(store: Store, sql: str) -> duckdb.DuckDBPyConnection:
     """
     statements = duckdb.extract_statements(sql)
     if len(statements) != 1:
-        raise ValueError(f"query: give exactly one SQL statement (got {len(statements)}).")
+        raise QueryError(f"query: give exactly one SQL statement (got {len(statements)}).")
     if statements[0].type not in READ_ONLY_STATEMENTS:
-        raise ValueError(
+        raise QueryError(
             f"query: {statements[0].type.name} statements are not allowed; the catalog is read-only."
         )
     con = open_catalog(store)

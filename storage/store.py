@@ -29,12 +29,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from storage.errors import UserError
+
 COMPLETE_MARKER = "_COMPLETE.json"
 DEFAULT_STORE = "scalelaw-store"
 CACHE_ENV = "SCALELAW_CACHE"  # where remote artifacts are cached on this machine
 
 
-class StoreError(ValueError):
+class StoreError(UserError):
     """A store location that cannot be used; the message says why and what to do."""
 
 
@@ -111,12 +113,15 @@ class Store:
     def is_complete(self, kind: str, fp: str) -> bool:
         return self.marker(kind, fp) is not None
 
-    def read_table(self, kind: str, fp: str, name: str) -> pa.Table:
-        """One Parquet file of an artifact (memory-mapped when the store is local)."""
-        if self.is_local:
-            return pq.read_table(self._key(kind, fp, name), memory_map=True)
+    def read_table(
+        self, kind: str, fp: str, name: str, filters: Any = None, cached: bool = False
+    ) -> pa.Table:
+        """One Parquet file of an artifact, memory-mapped when the store is local; `cached`: read from
+        this machine's copy of a remote artifact (see `local`) instead of over the network."""
+        if self.is_local or cached:
+            return pq.read_table(self.local(kind, fp) / name, memory_map=True, filters=filters)
         with self.fs.open(self._key(kind, fp, name), "rb") as handle:
-            return pq.read_table(handle)
+            return pq.read_table(handle, filters=filters)
 
     def local(self, kind: str, fp: str) -> Path:
         """The artifact's folder on this machine: itself, or a cached copy of the remote artifact."""

@@ -151,7 +151,7 @@ def extrapolation_rows(
         return []
     try:
         fit = laws.fit_chinchilla(N[~mask], D[~mask], loss[~mask], huber_delta=huber_delta)
-    except ValueError:  # too few cells left for the form
+    except laws.FitInputError:  # too few cells left to determine the form
         return []
     predicted = fit.predict(N[mask], D[mask])
     return [

@@ -1,5 +1,7 @@
-"""The one error type for user mistakes: its message is a sentence naming the field and the fix."""
+"""The error type for bad input to the tasks (corpus, grid, CSV): a UserError of one sentence."""
+
+from storage.errors import UserError
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """Bad input from the user (spec, corpus, CSV); the CLI prints it and exits with status 2."""

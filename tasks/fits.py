@@ -100,7 +100,7 @@ def fit_sweep(
     for form, attempt in attempts.items():
         try:
             fits.append(attempt())
-        except ValueError as error:
+        except laws.FitInputError as error:  # the cells cannot determine the form; anything else is a bug
             skipped[form] = str(error)
     held_out = checks.held_out(points.N, points.C, holdout_fraction)
     return SweepFits(
@@ -117,12 +117,9 @@ def fit_sweep(
 
 def _optimal_rows(points: SweepPoints, results: list[laws.FitResult]) -> list[dict]:
     chinchilla = next((f for f in results if f.form == "chinchilla"), None)
-    if chinchilla is None:
-        return []
-    try:
-        optimal = laws.compute_optimal(chinchilla, np.geomspace(points.C.min(), points.C.max() * 100, 24))
-    except ValueError:  # a fit without positive exponents has no finite optimum
-        return []
+    if chinchilla is None or not (chinchilla.params["alpha"] > 0 and chinchilla.params["beta"] > 0):
+        return []  # a fit without positive exponents has no finite optimum
+    optimal = laws.compute_optimal(chinchilla, np.geomspace(points.C.min(), points.C.max() * 100, 24))
     low, high = optimal.N_opt_ci or (np.full_like(optimal.N_opt, np.nan),) * 2
     return [
         {

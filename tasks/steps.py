@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 
-from storage import schemas
+from storage import datasets
+from storage.datasets import Kind
 from storage.store import Store, fingerprint
 from tasks import corpus, tokens
 from tasks.cell import CellPlan, Checkpoints, plan_columns
@@ -47,7 +47,7 @@ def _materialize(kind: str, params: dict[str, Any], build: Callable[[Path, str],
     return store.publish(kind, fp, lambda out: {"fp": fp, **build(out, fp)}, keep_existing=reusable)
 
 
-@artifact_task("clean")
+@artifact_task(Kind.CLEAN)
 def prepare_corpus(
     store: str,
     source: str,
@@ -66,8 +66,8 @@ def prepare_corpus(
         texts = corpus.read_documents(source, text_field, hf_split, max_documents)
         cleaned = corpus.clean_corpus(texts, normalization, min_chars, val_fraction)
         rows = [{**vars(d), "n_bytes": len(d.text.encode())} for d in cleaned.documents]
-        schemas.write_parquet(rows, schemas.DOCS, out / "docs.parquet")
-        schemas.write_parquet(cleaned.stats, schemas.CORPUS_STATS, out / "stats.parquet")
+        datasets.DOCS.write(rows, out)
+        datasets.CORPUS_STATS.write(cleaned.stats, out)
         by_stage = {row["stage"]: row for row in cleaned.stats}
         get_run_logger().info(
             "corpus: %s", "; ".join(f"{r['stage']} {r['reason']} {r['documents']}" for r in cleaned.stats)
@@ -78,15 +78,15 @@ def prepare_corpus(
             for unit in ("documents", "bytes")
         }
 
-    return _materialize("clean", params, build)
+    return _materialize(Kind.CLEAN, params, build)
 
 
 def _texts(store: Store, corpus_fp: str, split: str) -> list[str]:
-    table = pq.read_table(store.local("clean", corpus_fp) / "docs.parquet", filters=[("split", "=", split)])
+    table = datasets.DOCS.read(store, corpus_fp, filters=[("split", "=", split)], cached=True)
     return table.column("text").to_pylist()
 
 
-@artifact_task("vocab")
+@artifact_task(Kind.VOCAB)
 def build_vocab(store: str, corpus_fp: str, vocab_size: int) -> Record:
     """Byte-level BPE trained on the training split; loadable by PreTrainedTokenizerFast."""
     params = dict(locals())
@@ -96,30 +96,29 @@ def build_vocab(store: str, corpus_fp: str, vocab_size: int) -> Record:
         tokens.save_tokenizer(tokenizer, out)
         return {"vocab_size": tokenizer.get_vocab_size()}
 
-    return _materialize("vocab", params, build)
+    return _materialize(Kind.VOCAB, params, build)
 
 
-@artifact_task("tokens")
+@artifact_task(Kind.TOKENS)
 def tokenize(store: str, corpus_fp: str, vocab_fp: str) -> Record:
     """Both splits as flat token-id streams (train.parquet, val.parquet)."""
     params = dict(locals())
 
     def build(out: Path, fp: str) -> Record:
-        tokenizer = tokens.load_tokenizer(Store(store).local("vocab", vocab_fp))
+        tokenizer = tokens.load_tokenizer(Store(store).local(Kind.VOCAB, vocab_fp))
         counts = {}
-        for split in ("train", "val"):
+        for split, dataset in datasets.TOKEN_STREAMS.items():
             stream = tokens.encode_documents(tokenizer, _texts(Store(store), corpus_fp, split))
-            table = pa.table({"token_id": pa.array(stream, type=pa.uint16())})
-            schemas.write_parquet(table, schemas.TOKENS, out / f"{split}.parquet")
+            dataset.write(pa.table({"token_id": pa.array(stream, type=pa.uint16())}), out)
             counts[f"{split}_tokens"] = len(stream)
         return counts
 
-    return _materialize("tokens", params, build)
+    return _materialize(Kind.TOKENS, params, build)
 
 
 def load_stream(store: Store, tokens_fp: str, split: str) -> np.ndarray:
     """A split's token ids as a read-only numpy view of the memory-mapped Parquet column."""
-    column = schemas.read_parquet(store.local("tokens", tokens_fp) / f"{split}.parquet").column("token_id")
+    column = datasets.TOKEN_STREAMS[split].read(store, tokens_fp, cached=True).column("token_id")
     return column.chunk(0).to_numpy(zero_copy_only=True) if column.num_chunks == 1 else column.to_numpy()
 
 
@@ -134,7 +133,7 @@ SUMMARY_COLUMNS = (
 )
 
 
-@artifact_task("trunks")
+@artifact_task(Kind.TRUNKS)
 def train_grid_trunk(
     store: str,
     tokens_fp: str,
@@ -159,7 +158,7 @@ def train_grid_trunk(
 
         torch.set_num_threads(threads)
         # snapshots stay in the work folder until published: a resumed trunk does not save them again
-        work = work_dir(store, "trunks", trunk_id)
+        work = work_dir(store, Kind.TRUNKS, trunk_id)
         try:
             checkpoints = Checkpoints(work / "checkpoint.pt", checkpoint_seconds)
             stream = load_stream(Store(store), tokens_fp, "train")
@@ -173,12 +172,12 @@ def train_grid_trunk(
         logger.info("trunk %s %s: snapshots at steps %s", trunk_id, record["status"], branch_steps)
         return record
 
-    record = _materialize("trunks", params, build)
-    shutil.rmtree(work_dir(store, "trunks", record["fp"]), ignore_errors=True)
+    record = _materialize(Kind.TRUNKS, params, build)
+    shutil.rmtree(work_dir(store, Kind.TRUNKS, record["fp"]), ignore_errors=True)
     return record
 
 
-@artifact_task("cells")
+@artifact_task(Kind.CELLS)
 def train_grid_cell(
     store: str,
     tokens_fp: str,
@@ -202,7 +201,9 @@ def train_grid_cell(
 
         torch.set_num_threads(threads)
         try:
-            checkpoints = Checkpoints(work_dir(store, "cells", cell_id) / "checkpoint.pt", checkpoint_seconds)
+            checkpoints = Checkpoints(
+                work_dir(store, Kind.CELLS, cell_id) / "checkpoint.pt", checkpoint_seconds
+            )
             row, curve = _train(
                 Store(store), tokens_fp, vocab_fp, cell_plan, out / "model", checkpoints, trunk_fp
             )
@@ -218,14 +219,13 @@ def train_grid_cell(
             "trunk_id": trunk_fp,
             "finished_at": datetime.now(UTC),
         }
-        schemas.write_parquet([row], schemas.RUNS, out / "result.parquet")
-        curve_rows = [{"cell_id": cell_id, **point} for point in curve]
-        schemas.write_parquet(curve_rows, schemas.CURVES, out / "curve.parquet")
+        datasets.RUNS.write([row], out)
+        datasets.CURVES.write([{"cell_id": cell_id, **point} for point in curve], out)
         logger.info("cell %s %s: val loss %s nats/token", cell_id, row["status"], row.get("val_loss_nats"))
         return {key: row.get(key) for key in SUMMARY_COLUMNS}
 
-    record = _materialize("cells", params, build)
-    shutil.rmtree(work_dir(store, "cells", record["fp"]), ignore_errors=True)
+    record = _materialize(Kind.CELLS, params, build)
+    shutil.rmtree(work_dir(store, Kind.CELLS, record["fp"]), ignore_errors=True)
     return record
 
 
@@ -240,7 +240,7 @@ def _train(
 ) -> tuple[dict, list]:
     from tasks.train import generate_sample, train_cell
 
-    vocab_dir = store.local("vocab", vocab_fp)
+    vocab_dir = store.local(Kind.VOCAB, vocab_fp)
     tokenizer = tokens.load_tokenizer(vocab_dir)
     outcome = train_cell(
         plan,
@@ -263,9 +263,9 @@ def _branch_snapshot(store: Store, trunk_fp: str | None, plan: CellPlan) -> Path
 
     if trunk_fp is None:
         return None
-    snapshot = store.local("trunks", trunk_fp) / snapshot_name(plan.branch_step)
+    snapshot = store.local(Kind.TRUNKS, trunk_fp) / snapshot_name(plan.branch_step)
     if not snapshot.exists():
-        trunk = store.marker("trunks", trunk_fp) or {"status": "missing", "error": None}
+        trunk = store.marker(Kind.TRUNKS, trunk_fp) or {"status": "missing", "error": None}
         raise RuntimeError(
             f"trunk {trunk_fp} ({trunk['status']}: {trunk['error']}) has no snapshot at step "
             f"{plan.branch_step}; rerun the sweep to train it again"
@@ -275,7 +275,7 @@ def _branch_snapshot(store: Store, trunk_fp: str | None, plan: CellPlan) -> Path
 
 def cell_rows(store: Store, cell_ids: list[str]) -> list[dict]:
     """The `runs` rows of the given cells."""
-    return [store.read_table("cells", c, "result.parquet").to_pylist()[0] for c in cell_ids]
+    return [datasets.RUNS.rows(store, c)[0] for c in cell_ids]
 
 
 @task(name="record-sweep", persist_result=False)
@@ -284,14 +284,14 @@ def record_sweep(store: str, sweep_id: str, sweep_name: str, cell_ids: list[str]
     rows = [{"sweep_id": sweep_id, "sweep_name": sweep_name, "cell_id": c} for c in cell_ids]
 
     def build(out: Path) -> Record:
-        schemas.write_parquet(rows, schemas.SWEEPS, out / "cells.parquet")
+        datasets.SWEEPS.write(rows, out)
         return {"sweep_name": sweep_name, "cells": len(rows), "recorded_at": datetime.now(UTC).isoformat()}
 
-    Store(store).publish("sweeps", sweep_id, build)
+    Store(store).publish(datasets.SWEEPS.kind, sweep_id, build)
     return sweep_id
 
 
-@artifact_task("fits")
+@artifact_task(Kind.FITS)
 def fit_laws(
     store: str,
     cell_ids: list[str],
@@ -314,15 +314,11 @@ def fit_laws(
         points = fits.points_from_runs(rows, params_kind, compute_kind, target)
         sweep = fits.fit_sweep(points, bootstrap, holdout_fraction, huber_delta)
         judged = verdict.judge(sweep)
-        tables = {
-            "fits": (fits.fit_rows(fp, sweep), schemas.FITS),
-            "optimal": (sweep.optimal, schemas.OPTIMAL),
-            "extrapolation": ([{"fit_id": fp, **r} for r in sweep.extrapolation], schemas.EXTRAPOLATION),
-            "isoflop": ([{"fit_id": fp, **r} for r in sweep.isoflop], schemas.ISOFLOP),
-            "verdict": ([{"fit_id": fp, **vars(f)} for f in judged.findings], schemas.VERDICT),
-        }
-        for name, (table_rows, schema) in tables.items():
-            schemas.write_parquet(table_rows, schema, out / f"{name}.parquet")
+        datasets.FITS.write(fits.fit_rows(fp, sweep), out)
+        datasets.OPTIMAL.write(sweep.optimal, out)
+        datasets.EXTRAPOLATION.write([{"fit_id": fp, **r} for r in sweep.extrapolation], out)
+        datasets.ISOFLOP.write([{"fit_id": fp, **r} for r in sweep.isoflop], out)
+        datasets.VERDICT.write([{"fit_id": fp, **vars(f)} for f in judged.findings], out)
         return {
             "laws": {f.form: fits.law_text(f) for f in sweep.fits},
             "skipped": sweep.skipped,
@@ -330,13 +326,10 @@ def fit_laws(
             "verdict": {"headline": judged.headline, "findings": [vars(f) for f in judged.findings]},
         }
 
-    return _materialize("fits", params, build)
+    return _materialize(Kind.FITS, params, build)
 
 
-FIT_TABLES = ("fits", "optimal", "extrapolation", "isoflop", "verdict")
-
-
-@artifact_task("reports")
+@artifact_task(Kind.REPORTS)
 def write_report(store: str, sweep_name: str, cell_ids: list[str], fits_fp: str) -> Record:
     """The Markdown report with its plots, rendered from the stored runs and fits."""
     params = dict(locals())
@@ -345,16 +338,14 @@ def write_report(store: str, sweep_name: str, cell_ids: list[str], fits_fp: str)
         from tasks import fits, report, verdict  # matplotlib and scipy, only where a report is drawn
 
         rows = cell_rows(Store(store), cell_ids)
-        tables = {
-            name: Store(store).read_table("fits", fits_fp, f"{name}.parquet").to_pylist()
-            for name in FIT_TABLES
-        }
+        fits_tables = (datasets.FITS, datasets.OPTIMAL, datasets.EXTRAPOLATION, datasets.ISOFLOP)
+        stored = fits.load_sweep_fits(rows, *(table.rows(Store(store), fits_fp) for table in fits_tables))
         findings = [
-            verdict.Finding(**{k: v for k, v in r.items() if k != "fit_id"}) for r in tables.pop("verdict")
+            verdict.Finding(**{k: v for k, v in r.items() if k != "fit_id"})
+            for r in datasets.VERDICT.rows(Store(store), fits_fp)
         ]
-        stored = fits.load_sweep_fits(rows, *tables.values())
         markdown = report.render_report(sweep_name, stored, verdict.Verdict(tuple(findings)), rows, out)
         (out / "report.md").write_text(markdown)
-        return {"path": Store(store).url("reports", fp, "report.md"), "markdown": markdown}
+        return {"path": Store(store).url(Kind.REPORTS, fp, "report.md"), "markdown": markdown}
 
-    return _materialize("reports", params, build)
+    return _materialize(Kind.REPORTS, params, build)

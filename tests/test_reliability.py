@@ -25,7 +25,7 @@ from store_writer import KIND, build
 from flows import cli
 from flows.plan import cell_plans
 from flows.spec import validate_spec
-from storage import schemas
+from storage import datasets
 from storage.catalog import open_catalog
 from storage.store import Store
 from tasks import train
@@ -105,7 +105,7 @@ def small_disk(tmp_path, monkeypatch) -> Iterator[Path]:
     mount = ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)]
     mounted = bool(shutil.which("mount")) and subprocess.run(mount, capture_output=True).returncode == 0
     if not mounted:
-        monkeypatch.setattr(schemas, "write_parquet", write_parquet_on_a_full_disk)
+        monkeypatch.setattr(datasets, "write_parquet", write_parquet_on_a_full_disk)
     yield disk
     if mounted:
         subprocess.run(["umount", str(disk)], check=True)
@@ -184,9 +184,9 @@ def run_row(cell_id: str, n: int, d: int, status: str) -> dict:
     }
 
 
-def table(rows: list[dict], schema, name: str) -> Callable[[Path], dict]:
+def table(rows: list[dict], dataset: datasets.Dataset) -> Callable[[Path], dict]:
     def build(out: Path) -> dict:
-        schemas.write_parquet(rows, schema, out / name)
+        dataset.write(rows, out)
         return {"status": rows[0].get("status", "ok")}
 
     return build
@@ -195,9 +195,9 @@ def table(rows: list[dict], schema, name: str) -> Callable[[Path], dict]:
 def publish_sweep(root: Path, rows: list[dict]) -> None:
     """A stored sweep of these `runs` rows, as training would have left it."""
     for row in rows:
-        Store(root).publish("cells", row["cell_id"], table([row], schemas.RUNS, "result.parquet"))
+        Store(root).publish(datasets.RUNS.kind, row["cell_id"], table([row], datasets.RUNS))
     members = [{"sweep_id": "s1", "sweep_name": "rows", "cell_id": row["cell_id"]} for row in rows]
-    Store(root).publish("sweeps", "s1", table(members, schemas.SWEEPS, "cells.parquet"))
+    Store(root).publish(datasets.SWEEPS.kind, "s1", table(members, datasets.SWEEPS))
 
 
 def test_the_fit_leaves_out_diverged_and_failed_cells_and_says_so(tmp_path, scalelaw_here):

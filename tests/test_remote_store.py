@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from storage import schemas
+from storage import datasets
 from storage.catalog import open_catalog, read_only_query, sweep_cells
 from storage.store import COMPLETE_MARKER, Store, StoreError
 
@@ -21,7 +21,7 @@ def publish_sweep(store: Store, sweep_id: str, name: str, cells: list[str]) -> N
     rows = [{"sweep_id": sweep_id, "sweep_name": name, "cell_id": cell} for cell in cells]
 
     def build(out):
-        schemas.write_parquet(rows, schemas.SWEEPS, out / "cells.parquet")
+        datasets.SWEEPS.write(rows, out)
         (out / "model").mkdir()
         (out / "model" / "weights.bin").write_bytes(b"\0" * 1000)
         return {"sweep_name": name, "cells": len(rows), "recorded_at": datetime.now(UTC).isoformat()}
@@ -33,7 +33,7 @@ def test_a_published_artifact_reads_back_through_the_catalog_and_a_local_copy(re
     assert not remote.exists()
     publish_sweep(remote, "s1", "first", ["a", "b"])
     assert remote.exists() and remote.marker("sweeps", "s1")["cells"] == 2
-    assert remote.read_table("sweeps", "s1", "cells.parquet").num_rows == 2
+    assert datasets.SWEEPS.read(remote, "s1").num_rows == 2
     local = remote.local("sweeps", "s1")
     assert (local / "model" / "weights.bin").stat().st_size == 1000
     assert (local / COMPLETE_MARKER).is_file() and remote.local("sweeps", "s1") == local
@@ -44,10 +44,10 @@ def test_a_published_artifact_reads_back_through_the_catalog_and_a_local_copy(re
 def test_files_without_their_marker_are_invisible_and_the_newest_sweep_is_found(remote):
     publish_sweep(remote, "s1", "first", ["a"])
     publish_sweep(remote, "s2", "second", ["b", "c"])
-    schemas.write_parquet(
+    datasets.write_parquet(
         [{"sweep_id": "s3", "sweep_name": "half", "cell_id": "x"}],
-        schemas.SWEEPS,
-        remote.fs.open(remote.url("sweeps", "s3", "cells.parquet"), "wb"),
+        datasets.SWEEPS.schema,
+        remote.fs.open(remote.url("sweeps", "s3", datasets.SWEEPS.file), "wb"),
     )
     names = open_catalog(remote).execute("select distinct sweep_name from sweeps order by 1").fetchall()
     assert names == [("first",), ("second",)]

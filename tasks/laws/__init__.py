@@ -7,9 +7,10 @@ Plain numpy/scipy, so a notebook can ``from tasks.laws import fit_chinchilla`` a
 
 Public API: FitResult, fit_chinchilla, fit_power_law, fit_kaplan, fit_multiplicative, fit / FORMS,
 compute_optimal, isoflop_optima, extrapolation_check, prediction_bands, result_to_dict,
-chinchilla_objective, chinchilla_start_grid, UnidentifiableError.  Invalid input raises ValueError saying
-what is wrong and how to fix it; valid runs that cannot determine a form's parameters (fewer than 3
-distinct N values for A and alpha, say) raise its subclass UnidentifiableError.
+chinchilla_objective, chinchilla_start_grid, FitInputError, UnidentifiableError.  Invalid input raises
+ValueError saying what is wrong and how to fix it: runs a fitter cannot fit raise its subclass
+FitInputError, and valid runs that cannot determine a form's parameters (fewer than 3 distinct N values
+for A and alpha, say) FitInputError's subclass UnidentifiableError.
 
 The modules, from the bottom up:
     validation       input checks shared by every fitter
@@ -51,7 +52,7 @@ from tasks.laws.results import (
     result_to_dict,
 )
 from tasks.laws.uncertainty import Z_95
-from tasks.laws.validation import UnidentifiableError
+from tasks.laws.validation import FitInputError, UnidentifiableError
 
 __all__ = [
     "FLOPS_PER_PARAM_TOKEN",
@@ -63,6 +64,7 @@ __all__ = [
     "BootstrapUnavailable",
     "ComputeOptimal",
     "ExtrapolationResult",
+    "FitInputError",
     "FitResult",
     "IsoFlopGroup",
     "IsoFlopResult",

@@ -11,7 +11,7 @@ from numpy.typing import ArrayLike
 
 from tasks.laws.results import FitResult
 from tasks.laws.uncertainty import Z_95, _exp, _Intervals, _percentile_intervals, _resample_counts
-from tasks.laws.validation import _check_bootstrap, _validated_columns
+from tasks.laws.validation import UnidentifiableError, _check_bootstrap, _validated_columns
 
 # A multiplicative design whose centred, unit-scaled log columns have a smallest/largest singular
 # value ratio below this is treated as rank deficient.  Exact C = 6 N D gives ~1e-16; C = 6 N D with
@@ -42,7 +42,7 @@ def fit_multiplicative(
         )
     reduced = {name: values for name, values in columns.items() if name != "log C"}
     if _design_conditioning(reduced.values()) < MULTIPLICATIVE_RANK_RTOL:
-        raise ValueError(
+        raise UnidentifiableError(
             "log N and log D are collinear (or one is constant), so no multiplicative form is "
             "identifiable; vary N and D independently across runs."
         )

@@ -1,7 +1,8 @@
 """Input checks shared by the fitters: float arrays of one value per run, finite and positive, enough of
 them for the form's parameters, enough distinct values on each axis to identify them.  Each failure is a
-ValueError of one sentence naming the input and the fix; runs that are valid but cannot identify a form
-raise its subclass UnidentifiableError."""
+FitInputError (a ValueError) of one sentence naming the input and the fix; runs that are valid but cannot
+identify a form raise its subclass UnidentifiableError.  A sweep records a form whose fit raises a
+FitInputError as not fitted, with the message as the reason; any other exception is a bug and surfaces."""
 
 from __future__ import annotations
 
@@ -9,10 +10,15 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 
-class UnidentifiableError(ValueError):
+class FitInputError(ValueError):
+    """Runs that a fitter cannot fit (too few, not finite and positive, of unequal lengths): the data's
+    limit or the caller's input, never a bug in the fitter.  A sweep records the form as not fitted
+    with this reason."""
+
+
+class UnidentifiableError(FitInputError):
     """The runs are valid but cannot determine the form's parameters (e.g. only two distinct D values
-    for B and beta): the data's limit, not a caller's typo.  A ValueError, so that a sweep records the
-    form as not fitted with this reason."""
+    for B and beta): the data's limit, not a caller's typo."""
 
 
 def _validated_columns(form: str, n_params: int | None, **columns: ArrayLike) -> list[np.ndarray]:
@@ -27,14 +33,14 @@ def _validated_columns(form: str, n_params: int | None, **columns: ArrayLike) ->
     if n_params is not None:
         _check_enough_points(form, n_params, n_points)
     elif n_points == 0:
-        raise ValueError(f"{form} got empty inputs ({', '.join(arrays)}); pass at least one value.")
+        raise FitInputError(f"{form} got empty inputs ({', '.join(arrays)}); pass at least one value.")
     return list(arrays.values())
 
 
 def _check_one_dimensional(arrays: dict[str, np.ndarray]) -> None:
     for name, values in arrays.items():
         if values.ndim != 1:
-            raise ValueError(
+            raise FitInputError(
                 f"{name} must be one-dimensional (got shape {values.shape}); pass one value per run."
             )
 
@@ -43,25 +49,27 @@ def _check_equal_lengths(arrays: dict[str, np.ndarray]) -> None:
     lengths = {name: len(values) for name, values in arrays.items()}
     if len(set(lengths.values())) > 1:
         listed = ", ".join(f"{name}={n}" for name, n in lengths.items())
-        raise ValueError(f"Inputs have mismatched lengths ({listed}); pass one value per run in every array.")
+        raise FitInputError(
+            f"Inputs have mismatched lengths ({listed}); pass one value per run in every array."
+        )
 
 
 def _check_finite_positive(name: str, values: np.ndarray) -> None:
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
-        raise ValueError(
+        raise FitInputError(
             f"{name} contains NaN or infinite values (first at index {bad[0]}); drop or fix those runs."
         )
     bad = np.flatnonzero(values <= 0)
     if bad.size:
-        raise ValueError(
+        raise FitInputError(
             f"{name} must be positive but has {values[bad[0]]:g} at index {bad[0]}; drop or fix those runs."
         )
 
 
 def _check_enough_points(form: str, n_params: int, n_points: int) -> None:
     if n_points < n_params + 1:
-        raise ValueError(
+        raise FitInputError(
             f"The {form} form has {n_params} parameters and needs at least {n_params + 1} runs, "
             f"got {n_points}; add runs or fit a form with fewer parameters."
         )
@@ -69,7 +77,9 @@ def _check_enough_points(form: str, n_params: int, n_points: int) -> None:
 
 def _check_bootstrap(bootstrap: int) -> None:
     if bootstrap < 0 or int(bootstrap) != bootstrap:
-        raise ValueError(f"bootstrap must be a non-negative integer (got {bootstrap!r}); pass 0 to skip it.")
+        raise FitInputError(
+            f"bootstrap must be a non-negative integer (got {bootstrap!r}); pass 0 to skip it."
+        )
 
 
 def _distinct_count(values: np.ndarray) -> int:
