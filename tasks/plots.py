@@ -247,12 +247,12 @@ def _plot_contours(sweep: SweepFits, chinchilla, path: Path) -> None:
     budgets = _budget_masks(sweep) if checks.is_isoflop_design(points.N, points.C) else []
     for index, mask in enumerate(budgets):  # a product grid's compute bands are no IsoFLOP lines
         flops = np.exp(np.mean(np.log(FLOPS_PER_PARAM_TOKEN * points.N[mask] * points.D[mask])))
-        label = "IsoFLOP budgets (C = 6ND)" if index == 0 else None
+        label = "IsoFLOP budgets, C = 6ND (FLOPs at their ends)" if index == 0 else None
         ax.plot(n_line, flops / (FLOPS_PER_PARAM_TOKEN * n_line), "k--", lw=0.9, label=label)
-        smallest = np.argmin(np.where(mask, points.N, np.inf))
-        where = {"xytext": (-8, -4), "textcoords": "offset points", "ha": "right", "va": "top", "zorder": 5}
+        largest = np.argmax(np.where(mask, points.N, -np.inf))  # budgets end at distinct N: no overlap
+        where = {"xytext": (5, -5), "textcoords": "offset points", "ha": "left", "va": "top", "zorder": 5}
         where["bbox"] = {"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.8, "lw": 0}
-        ax.annotate(f"C = {flops:.0e}", (points.N[smallest], points.D[smallest]), fontsize=7, **where)
+        ax.annotate(f"{flops:.2g}", (points.N[largest], points.D[largest]), fontsize=7, **where)
     if sweep.optimal:
         frontier = np.array([[r["N_opt"], r["D_opt"]] for r in sweep.optimal]).T
         ax.plot(*frontier, color="crimson", lw=2, label="efficient frontier (compute-optimal N, D)")

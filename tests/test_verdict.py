@@ -134,3 +134,16 @@ def test_the_isoflop_view_places_each_budgets_minimum_near_the_truth(clean):
         assert abs(np.log(row["n_opt"] / (g * (budget / 6) ** a))) < 0.15
     held_out = {r["compute"] for r in clean.extrapolation}
     assert len(clean.extrapolation) == 5 and min(held_out) > 0.9 * BUDGETS[-1]
+
+
+def test_bits_per_byte_is_a_fit_target_and_recorded():
+    rows = isoflop_rows()
+    points = fits.points_from_runs(rows, "nonembedding", "6nd", target="bits_per_byte")
+    assert list(points.loss) == [r["val_bits_per_byte"] for r in rows]
+    sweep = fits.fit_sweep(points)
+    nats = sweep_of(rows, bootstrap=0)
+    by_form = {f.form: f for f in sweep.fits}
+    # a constant factor between the targets leaves the exponents as they were and scales E, A and B
+    assert by_form["chinchilla"].params["alpha"] == pytest.approx(nats.fits[0].params["alpha"], rel=1e-3)
+    assert by_form["chinchilla"].params["E"] == pytest.approx(nats.fits[0].params["E"] / 2, rel=1e-3)
+    assert {row["target"] for row in fits.fit_rows("f", sweep)} == {"bits_per_byte"}
