@@ -18,14 +18,7 @@ CONFIDENCE = 0.95
 
 def budget_labels(compute: np.ndarray) -> np.ndarray:
     """Each cell's budget: cells whose compute agrees within BUDGET_RTOL share one."""
-    log_compute = np.log(compute)
-    labels = np.empty(len(compute), dtype=int)
-    label, start = -1, -math.inf
-    for index in np.argsort(log_compute):
-        if log_compute[index] - start > math.log1p(BUDGET_RTOL):
-            label, start = label + 1, log_compute[index]
-        labels[index] = label
-    return labels
+    return laws.equal_compute_groups(compute, BUDGET_RTOL)
 
 
 def is_isoflop_design(N: np.ndarray, compute: np.ndarray) -> bool:

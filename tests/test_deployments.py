@@ -13,6 +13,7 @@ from conftest import SMOKE_CELLS, cli_env, runs_by_cell
 
 from deployments.serve import NIGHTLY_CRON, prefect_server
 from flows.spec import PRESETS
+from tasks.plots import PLOTS
 
 pytestmark = pytest.mark.e2e
 
@@ -156,6 +157,6 @@ def test_the_ui_shows_the_report_artifact_and_its_plots(served, first_run):
                 i for i in b.find_elements(By.TAG_NAME, "img") if i.get_attribute("src").startswith("data:")
             ]
         )
-        assert len(plots) == 6 and all(plot.size["width"] > 100 for plot in plots)
+        assert len(plots) == len(PLOTS) and all(plot.size["width"] > 100 for plot in plots)
     finally:
         browser.quit()

@@ -38,7 +38,7 @@ from tasks.laws.forms import (
     fit_kaplan,
     fit_power_law,
 )
-from tasks.laws.isoflop import ISOFLOP_COMPUTE_RTOL, isoflop_optima
+from tasks.laws.isoflop import ISOFLOP_COMPUTE_RTOL, equal_compute_groups, isoflop_optima
 from tasks.laws.multiplicative import MULTIPLICATIVE_RANK_RTOL, fit_multiplicative
 from tasks.laws.predictors import _predict_chinchilla as _predict_chinchilla
 from tasks.laws.registry import FORMS, BootstrapUnavailable, LawForm, fit
@@ -74,6 +74,7 @@ __all__ = [
     "chinchilla_objective",
     "chinchilla_start_grid",
     "compute_optimal",
+    "equal_compute_groups",
     "extrapolation_check",
     "fit",
     "fit_chinchilla",

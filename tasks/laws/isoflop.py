@@ -63,6 +63,13 @@ def _compute_groups(compute: np.ndarray, n_groups: int | None, rtol: float) -> n
             )
         edges = np.linspace(log_compute.min(), log_compute.max(), n_groups + 1)
         return np.clip(np.searchsorted(edges, log_compute, side="right") - 1, 0, n_groups - 1)
+    return equal_compute_groups(compute, rtol)
+
+
+def equal_compute_groups(compute: np.ndarray, rtol: float) -> np.ndarray:
+    """A group label per run: runs sorted by compute open a new group when they exceed the current
+    group's smallest compute by more than `rtol`."""
+    log_compute = np.log(compute)
     labels = np.empty(len(compute), dtype=int)
     group, group_start = -1, -math.inf
     for index in np.argsort(log_compute):
