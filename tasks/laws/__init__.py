@@ -7,7 +7,8 @@ Plain numpy/scipy, so a notebook can ``from tasks.laws import fit_chinchilla`` a
 
 Public API: FitResult, fit_chinchilla, fit_power_law, fit_kaplan, fit_multiplicative, fit / FORMS,
 compute_optimal, isoflop_optima, extrapolation_check, prediction_bands, result_to_dict,
-chinchilla_objective, chinchilla_start_grid, FitInputError, UnidentifiableError.  Invalid input raises
+chinchilla_objective, chinchilla_start_grid, SOLVERS (fit_chinchilla's solver=), FitInputError,
+UnidentifiableError.  Invalid input raises
 ValueError saying what is wrong and how to fix it: runs a fitter cannot fit raise its subclass
 FitInputError, and valid runs that cannot determine a form's parameters (fewer than 3 distinct N values
 for A and alpha, say) FitInputError's subclass UnidentifiableError.
@@ -19,6 +20,8 @@ The modules, from the bottom up:
     uncertainty      sandwich covariance and delta method, bootstrap samples and percentile intervals
     predictors       predicted loss of each result form
     results          what the fitters return; a fit as a JSON-ready dict
+    vpnls            variable projection, fit_chinchilla's alternative solver
+    degeneracy       flat-valley warnings of a Chinchilla optimum
     forms            Chinchilla, Kaplan and the power laws, fitted in log space
     multiplicative   the log-linear form and its rank-deficiency detection
     registry         FORMS, one entry per form (fit, predict, params, bootstrap), and ``fit``
@@ -53,6 +56,7 @@ from tasks.laws.results import (
 )
 from tasks.laws.uncertainty import Z_95
 from tasks.laws.validation import FitInputError, UnidentifiableError
+from tasks.laws.vpnls import SOLVERS
 
 __all__ = [
     "FLOPS_PER_PARAM_TOKEN",
@@ -60,6 +64,7 @@ __all__ = [
     "HUBER_DELTA_CHINCHILLA",
     "ISOFLOP_COMPUTE_RTOL",
     "MULTIPLICATIVE_RANK_RTOL",
+    "SOLVERS",
     "Z_95",
     "BootstrapUnavailable",
     "ComputeOptimal",

@@ -16,8 +16,9 @@ from dataclasses import replace
 import numpy as np
 from numpy.typing import ArrayLike
 
+from tasks.laws.degeneracy import _chinchilla_degeneracy_note
 from tasks.laws.objective import _AffineReparametrised, _KaplanModel, _Objective, _SumOfPowerLaws
-from tasks.laws.optimizer import _multistart_minimum
+from tasks.laws.optimizer import _Minimisable, _Minimum, _multistart_minimum
 from tasks.laws.results import FitResult
 from tasks.laws.uncertainty import (
     _bootstrap_samples,
@@ -35,6 +36,15 @@ from tasks.laws.validation import (
     _distinct_count,
     _validated_columns,
 )
+from tasks.laws.vpnls import (
+    DEFAULT_SOLVER,
+    VPNLS_NOTE,
+    check_solver,
+    free_coordinates,
+    grid_edge_note,
+    polished_minimum,
+    vpnls_starts,
+)
 
 HUBER_DELTA_CHINCHILLA = 1e-3
 
@@ -42,12 +52,6 @@ HUBER_DELTA_CHINCHILLA = 1e-3
 _GRID_EXPONENTS = np.arange(0.0, 2.01, 0.5)
 _GRID_LOG_E = np.arange(-1.0, 1.01, 0.5)
 _GRID_LOG_COEFFICIENTS = np.arange(0.0, 25.1, 5.0)
-
-# A Chinchilla optimum is flagged as degenerate when a term stays below _NEGLIGIBLE_LOSS_SHARE of the
-# smallest loss, or when an exponent times its variable's log range is below
-# _CONSTANT_TERM_LOG_VARIATION (the term is a constant).
-_NEGLIGIBLE_LOSS_SHARE = 1e-3
-_CONSTANT_TERM_LOG_VARIATION = 0.01
 
 
 def _share(part: float, total: float) -> float:
@@ -98,10 +102,11 @@ def _fit_log_space(
     bootstrap: int = 0,
     seed: int = 0,
     note: str,
+    minimise: Callable[[_Minimisable, np.ndarray], _Minimum] = _multistart_minimum,
 ) -> FitResult:
     """Best of ``starts`` and its intervals: percentile intervals of ``bootstrap`` resamples, or
     (bootstrap=0) the delta method on the sandwich covariance."""
-    minimum = _multistart_minimum(objective, starts)
+    minimum = minimise(objective, starts)
     params = spec.public(minimum.theta)
     samples, sample_names = None, ()
     if bootstrap > 0:
@@ -224,6 +229,7 @@ def fit_chinchilla(
     seed: int = 0,
     fixed: Mapping[str, float] | None = None,
     tie_exponents: bool = False,
+    solver: str = DEFAULT_SOLVER,
 ) -> FitResult:
     """Fit L = E + A / N^alpha + B / D^beta as Hoffmann et al. (2022): Huber(delta) of log residuals,
     summed over runs, minimised from their 4,500-start grid.  ``bootstrap`` > 0 refits that many
@@ -232,8 +238,15 @@ def fit_chinchilla(
 
     ``huber_delta=math.inf`` is plain least squares on log loss.  ``fixed`` holds parameters at given
     values (e.g. {"E": 1.69}); ``tie_exponents`` fits one exponent alpha = beta.  Runs with too few
-    distinct N or D values for the free parameters raise UnidentifiableError (a ValueError)."""
+    distinct N or D values for the free parameters raise UnidentifiableError (a ValueError).
+
+    ``solver="multistart"`` screens the 4,500 starts; ``"vpnls"`` (tasks.laws.vpnls) searches the
+    exponents with E, A, B solved by non-negative least squares and hands its best points to the same
+    polish: the same optimum and intervals.  The default stays the multistart: vpnls is 2-3x faster and
+    reached the same objective on every data set with a law in it, but misses optima whose exponents lie
+    outside its grid [0, 3], which only the multistart reached (on pure noise; see DEFAULT_SOLVER)."""
     n, d, loss_values = _validated_columns("chinchilla", 5, N=N, D=D, loss=loss)
+    check_solver(solver)
     _check_bootstrap(bootstrap)
     huber_delta = _checked_huber_delta(huber_delta)
     fixed = dict(fixed or {})
@@ -242,15 +255,22 @@ def fit_chinchilla(
         _CHINCHILLA,
         _CHINCHILLA_THETA,
         _chinchilla_objective(n, d, loss_values, huber_delta),
-        chinchilla_start_grid(),
+        chinchilla_start_grid() if solver == "multistart" else np.empty((0, 5)),
         fixed,
         ("alpha", "beta") if tie_exponents else None,
     )
-    note = (
-        f"{_objective_text(huber_delta)}, summed over runs; best of Hoffmann et al.'s 4,500 starts "
-        "(all screened together by a batched L-BFGS, best basins polished to machine precision)."
+    note, minimise = f"{_objective_text(huber_delta)}, summed over runs; ", _multistart_minimum
+    if solver == "vpnls":
+        starts = vpnls_starts(n, d, loss_values, huber_delta, fixed, tie_exponents)
+        starts, minimise = free_coordinates(starts, fixed, tie_exponents), polished_minimum
+        note += VPNLS_NOTE
+    else:
+        note += "best of Hoffmann et al.'s 4,500 starts (all screened together by a batched L-BFGS, "
+        note += "best basins polished to machine precision)."
+    result = _fit_log_space(
+        spec, objective, starts, bootstrap=bootstrap, seed=seed, note=note, minimise=minimise
     )
-    result = _fit_log_space(spec, objective, starts, bootstrap=bootstrap, seed=seed, note=note)
+    constraint_note += grid_edge_note(result.params) if solver == "vpnls" else ""
     return _with_note(result, constraint_note + _chinchilla_degeneracy_note(result.params, n, d, loss_values))
 
 
@@ -282,27 +302,6 @@ def _check_chinchilla_identifiable(
                 f"{_distinct_count(n)} and {_distinct_count(d)} distinct values, too few for its {free} "
                 "free shape parameters; add runs at a third N or D value."
             )
-
-
-def _chinchilla_degeneracy_note(
-    params: dict[str, float], n: np.ndarray, d: np.ndarray, loss: np.ndarray
-) -> str:
-    """Warn when the optimum sits in a flat valley: a term that is negligible (< 0.1% of the smallest
-    loss at every run) or constant (its exponent times the log range of its variable < 0.01)."""
-    floor = _NEGLIGIBLE_LOSS_SHARE * float(loss.min())
-    problems = ["E ~ 0"] if params["E"] < floor else []
-    for name, coefficient, exponent, x in (("N", "A", "alpha", n), ("D", "B", "beta", d)):
-        largest_term = params[coefficient] * float(np.max(x ** -params[exponent]))
-        if largest_term < floor:
-            problems.append(f"the {name} term ~ 0")
-        elif abs(params[exponent]) * float(np.log(x.max() / x.min())) < _CONSTANT_TERM_LOG_VARIATION:
-            problems.append(f"{exponent} ~ 0 (the {name} term is a constant that trades off with E)")
-    if not problems:
-        return ""
-    return (
-        f" Degenerate optimum: {'; '.join(problems)}. The data do not identify these parameters; "
-        "compare objectives or predictions rather than parameter values."
-    )
 
 
 def fit_power_law(
