@@ -1,17 +1,17 @@
 """The sweep report's PNG plots: IsoFLOP profiles, compute-optimal N and D against C, loss contours of
-the fitted surface, held-out predictions, and loss against N and D with the fit's residuals."""
+the fitted surface, held-out predictions, and loss against N and D with the fit's residuals.  Each
+`draw_*` function draws into the Axes it is given (or a new Figure's) and returns the Figure, so a
+notebook draws the report's plots without pyplot and without touching its matplotlib backend."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.colors import LogNorm
+from matplotlib import colormaps
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from tasks import checks
@@ -38,14 +38,25 @@ def loss_label(target: str) -> str:
 
 def render_plots(sweep: SweepFits, out: Path) -> None:
     """Write every file of PLOTS into `out`."""
-    chinchilla = next((f for f in sweep.fits if f.form == "chinchilla"), None)
-    _plot_isoflop(sweep, out / "isoflop.png")
-    _plot_optimal(sweep, out / "compute_optimal.png")
-    _plot_contours(sweep, chinchilla, out / "loss_contours.png")
-    _plot_extrapolation(sweep, out / "extrapolation.png")
-    _plot_loss_against(sweep, chinchilla, "N", out / "loss_vs_N.png")
-    _plot_loss_against(sweep, chinchilla, "D", out / "loss_vs_D.png")
-    _plot_residuals(sweep, chinchilla, out / "residuals.png")
+    _save(draw_isoflop(sweep), out / "isoflop.png")
+    _save(draw_compute_optimal(sweep), out / "compute_optimal.png")
+    _save(draw_contours(sweep), out / "loss_contours.png")
+    _save(draw_extrapolation(sweep), out / "extrapolation.png")
+    _save(draw_loss_against(sweep, "N"), out / "loss_vs_N.png")
+    _save(draw_loss_against(sweep, "D"), out / "loss_vs_D.png")
+    _save(draw_residuals(sweep), out / "residuals.png")
+
+
+def _axes(ax, figsize: tuple[float, float], ncols: int = 1):
+    """(figure, ax): the given Axes (a pair for two columns) and its figure, or a new Figure's."""
+    if ax is not None:
+        return (ax[0] if ncols > 1 else ax).figure, ax
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(1, ncols) if ncols > 1 else figure.subplots()
+
+
+def _chinchilla(sweep: SweepFits):
+    return next((f for f in sweep.fits if f.form == "chinchilla"), None)
 
 
 def finite(value) -> bool:
@@ -107,7 +118,7 @@ def _no_data(ax, text: str) -> None:
 
 
 def _budget_colours(count: int) -> np.ndarray:
-    return plt.cm.viridis(np.linspace(0, 0.85, count))
+    return colormaps["viridis"](np.linspace(0, 0.85, count))
 
 
 def _budget_masks(sweep: SweepFits) -> list[np.ndarray]:
@@ -120,9 +131,9 @@ def _budget_masks(sweep: SweepFits) -> list[np.ndarray]:
     return masks if len(masks) == len(sweep.isoflop) else []
 
 
-def _plot_isoflop(sweep: SweepFits, path: Path) -> None:
+def draw_isoflop(sweep: SweepFits, ax=None) -> Figure:
     points = sweep.points
-    figure, ax = plt.subplots(figsize=(7, 4.5))
+    figure, ax = _axes(ax, (7, 4.5))
     masks = _budget_masks(sweep)
     rows = sweep.isoflop if masks else []
     budgets = bool(masks) and checks.is_isoflop_design(points.N, points.C)
@@ -151,7 +162,7 @@ def _plot_isoflop(sweep: SweepFits, path: Path) -> None:
     if masks:
         ax.legend(fontsize=7)
     ax.grid(alpha=0.3, which="major")
-    _save(figure, path)
+    return figure
 
 
 def _approach2_line(rows: list[dict], key: str) -> tuple[float, float] | None:
@@ -165,8 +176,9 @@ def _approach2_line(rows: list[dict], key: str) -> tuple[float, float] | None:
     return float(slope), float(intercept)
 
 
-def _plot_optimal(sweep: SweepFits, path: Path) -> None:
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.3))
+def draw_compute_optimal(sweep: SweepFits, axes=None) -> Figure:
+    """N_opt and D_opt against C, into a pair of Axes."""
+    figure, axes = _axes(axes, (11, 4.3), ncols=2)
     rows = [r for r in sweep.isoflop if finite(r["n_opt"])]
     optimal = sweep.optimal
     exponent = checks.isoflop_exponent(sweep.isoflop) if sweep.isoflop else {"a": math.nan}
@@ -219,23 +231,22 @@ def _plot_optimal(sweep: SweepFits, path: Path) -> None:
         ax.grid(alpha=0.3, which="major")
         if rows or optimal:
             ax.legend(fontsize=7, loc="upper left")
-    _save(figure, path)
+    return figure
 
 
-def _plot_contours(sweep: SweepFits, chinchilla, path: Path) -> None:
-    points = sweep.points
-    figure, ax = plt.subplots(figsize=(7, 5))
+def draw_contours(sweep: SweepFits, ax=None) -> Figure:
+    points, chinchilla = sweep.points, _chinchilla(sweep)
+    figure, ax = _axes(ax, (7, 5))
     if not len(points.N):
         _no_data(ax, "no cells")
-        _save(figure, path)
-        return
+        return figure
     n_range = (points.N.min() / 3, points.N.max() * 3)
     d_range = (points.D.min() / 3, points.D.max() * 3)
-    norm = plt.Normalize(points.loss.min(), points.loss.max())
+    norm = Normalize(points.loss.min(), points.loss.max())
     levels = _contour_levels(chinchilla, n_range, d_range, points.loss)
     if levels is not None:
         n_grid, d_grid, surface, levels = levels
-        norm = plt.Normalize(levels[0], levels[-1])
+        norm = Normalize(levels[0], levels[-1])
         style = {"levels": levels, "cmap": "viridis_r", "norm": norm, "alpha": 0.55, "extend": "max"}
         ax.contourf(n_grid, d_grid, surface, **style)
         lines = ax.contour(n_grid, d_grid, surface, levels=levels[::2], colors="k", linewidths=0.6, alpha=0.6)
@@ -265,7 +276,7 @@ def _plot_contours(sweep: SweepFits, chinchilla, path: Path) -> None:
     fitted = "contours: the Chinchilla-form fit" if chinchilla is not None else "no Chinchilla-form fit"
     ax.set_title(f"Loss over (N, D); {fitted}", fontsize=10)
     ax.legend(fontsize=7, loc="lower left")
-    _save(figure, path)
+    return figure
 
 
 def _contour_levels(chinchilla, n_range, d_range, loss: np.ndarray):
@@ -284,8 +295,8 @@ def _contour_levels(chinchilla, n_range, d_range, loss: np.ndarray):
     return (n_grid, d_grid, surface, np.linspace(low, high, 14)) if high > low else None
 
 
-def _plot_extrapolation(sweep: SweepFits, path: Path) -> None:
-    figure, ax = plt.subplots(figsize=(5.5, 5))
+def draw_extrapolation(sweep: SweepFits, ax=None) -> Figure:
+    figure, ax = _axes(ax, (5.5, 5))
     rows = sweep.extrapolation
     if rows:
         observed = np.array([r["observed_loss"] for r in rows])
@@ -315,20 +326,19 @@ def _plot_extrapolation(sweep: SweepFits, path: Path) -> None:
     ax.set_ylabel(f"predicted loss {unit}")
     ax.set_title(f"{title}\n(fitted without them)", fontsize=10)
     ax.grid(alpha=0.3)
-    _save(figure, path)
+    return figure
 
 
-def _plot_loss_against(sweep: SweepFits, chinchilla, axis: str, path: Path) -> None:
+def draw_loss_against(sweep: SweepFits, axis: str, ax=None) -> Figure:
     """Loss against N coloured by D (or against D coloured by N), with the fit's curves at a few values
     of the other variable."""
-    points = sweep.points
+    points, chinchilla = sweep.points, _chinchilla(sweep)
     x, other = (points.N, points.D) if axis == "N" else (points.D, points.N)
     other_name = "D (tokens)" if axis == "N" else "N (parameters)"
-    figure, ax = plt.subplots(figsize=(6.5, 4.2))
+    figure, ax = _axes(ax, (6.5, 4.2))
     if not len(x):
         _no_data(ax, "no cells")
-        _save(figure, path)
-        return
+        return figure
     norm = _log_norm(other)
     scatter = ax.scatter(x, points.loss, c=other, cmap="plasma", norm=norm, zorder=3, edgecolors="k", lw=0.4)
     _count_colourbar(figure, ax, scatter, other_name)
@@ -340,7 +350,7 @@ def _plot_loss_against(sweep: SweepFits, chinchilla, axis: str, path: Path) -> N
         for value in values:
             fixed = np.full_like(grid, value)
             predicted = chinchilla.predict(grid, fixed) if axis == "N" else chinchilla.predict(fixed, grid)
-            ax.plot(grid, predicted, color=plt.cm.plasma(norm(value)), alpha=0.8, lw=1)
+            ax.plot(grid, predicted, color=colormaps["plasma"](norm(value)), alpha=0.8, lw=1)
         low, high = points.loss.min(), points.loss.max()
         ax.set_ylim(low - 0.1 * (high - low + 1e-9), high + 0.1 * (high - low + 1e-9))
     _log_axis(ax, "x", counts=True)
@@ -349,12 +359,12 @@ def _plot_loss_against(sweep: SweepFits, chinchilla, axis: str, path: Path) -> N
     fitted = f"lines: Chinchilla-form fit at fixed {other_name.split()[0]}" if chinchilla is not None else ""
     ax.set_title(f"Loss against {axis}; {fitted}".rstrip("; "), fontsize=10)
     ax.grid(alpha=0.3, which="major")
-    _save(figure, path)
+    return figure
 
 
-def _plot_residuals(sweep: SweepFits, chinchilla, path: Path) -> None:
-    figure, ax = plt.subplots(figsize=(6.5, 3.8))
-    points = sweep.points
+def draw_residuals(sweep: SweepFits, ax=None) -> Figure:
+    figure, ax = _axes(ax, (6.5, 3.8))
+    points, chinchilla = sweep.points, _chinchilla(sweep)
     if chinchilla is not None and len(points.N):
         residual = np.log(points.loss) - np.log(chinchilla.predict(points.N, points.D))
         norm = _log_norm(points.N)
@@ -370,10 +380,9 @@ def _plot_residuals(sweep: SweepFits, chinchilla, path: Path) -> None:
     ax.set_ylabel("ln(observed / fitted)")
     ax.set_title("Chinchilla-form residuals", fontsize=10)
     ax.grid(alpha=0.3, which="major")
-    _save(figure, path)
+    return figure
 
 
 def _save(figure, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
