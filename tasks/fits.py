@@ -115,11 +115,22 @@ def fit_sweep(
     )
 
 
+def flops_per_token(points: SweepPoints) -> laws.FlopsPerToken:
+    """The per-token FLOPs of the fit's accounting, f(N) = C / D as the points count C (6 N when they
+    count 6 N D); raises FitInputError when N and C are counted so that C / D < 6 N."""
+    return laws.flops_per_token_from_runs(points.N, points.D, points.C)
+
+
 def _optimal_rows(points: SweepPoints, results: list[laws.FitResult]) -> list[dict]:
     chinchilla = next((f for f in results if f.form == "chinchilla"), None)
     if chinchilla is None or not (chinchilla.params["alpha"] > 0 and chinchilla.params["beta"] > 0):
         return []  # a fit without positive exponents has no finite optimum
-    optimal = laws.compute_optimal(chinchilla, np.geomspace(points.C.min(), points.C.max() * 100, 24))
+    try:  # the optimum along the fit's own budgets (C as the points count it), not along 6 N D
+        flops = flops_per_token(points)
+    except laws.FitInputError:  # N and C counted differently: no allocation to give (the report says why)
+        return []
+    budgets = np.geomspace(points.C.min(), points.C.max() * 100, 24)
+    optimal = laws.compute_optimal(chinchilla, budgets, flops)
     low, high = optimal.N_opt_ci or (np.full_like(optimal.N_opt, np.nan),) * 2
     return [
         {

@@ -14,9 +14,8 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from tasks import checks
-from tasks.fits import SweepFits
-from tasks.laws import FLOPS_PER_PARAM_TOKEN
+from tasks import checks, laws
+from tasks.fits import SweepFits, flops_per_token
 
 CAPTIONS = {  # file name -> alt text, in the report's order
     "isoflop.png": "IsoFLOP profiles: each budget's parabola in ln N and its minimum",
@@ -214,8 +213,9 @@ def draw_compute_optimal(sweep: SweepFits, axes=None) -> Figure:
             low = np.array([r["N_opt_low"] for r in optimal])
             high = np.array([r["N_opt_high"] for r in optimal])
             values = n if axis == "N" else np.array([r["D_opt"] for r in optimal])
-            if axis == "D":
-                low, high = c / (FLOPS_PER_PARAM_TOKEN * high), c / (FLOPS_PER_PARAM_TOKEN * low)
+            if axis == "D":  # along a budget of the fit's accounting, D = C / f(N)
+                per_token = flops_per_token(sweep.points)
+                low, high = c / per_token(high), c / per_token(low)
             slope = np.polyfit(np.log(c), np.log(values), 1)[0] if len(c) > 1 else math.nan
             label = f"Approach 3: Chinchilla fit, {axis}_opt ∝ C^{slope:.3f}"
             ax.plot(c, values, color="crimson", label=label)
@@ -256,10 +256,14 @@ def draw_contours(sweep: SweepFits, ax=None) -> Figure:
     figure.colorbar(scatter, ax=ax, label=loss_label(points.target))
     n_line = np.geomspace(*n_range, 50)
     budgets = _budget_masks(sweep) if checks.is_isoflop_design(points.N, points.C) else []
+    try:  # the budgets as the fit counts compute: D = C / f(N)
+        per_token, accounting = flops_per_token(points), "the fit's C"
+    except laws.FitInputError:
+        per_token, accounting = laws.FlopsPerToken(), "C = 6ND"
     for index, mask in enumerate(budgets):  # a product grid's compute bands are no IsoFLOP lines
-        flops = np.exp(np.mean(np.log(FLOPS_PER_PARAM_TOKEN * points.N[mask] * points.D[mask])))
-        label = "IsoFLOP budgets, C = 6ND (FLOPs at their ends)" if index == 0 else None
-        ax.plot(n_line, flops / (FLOPS_PER_PARAM_TOKEN * n_line), "k--", lw=0.9, label=label)
+        flops = np.exp(np.mean(np.log(per_token(points.N[mask]) * points.D[mask])))
+        label = f"IsoFLOP budgets, {accounting} (FLOPs at their ends)" if index == 0 else None
+        ax.plot(n_line, flops / per_token(n_line), "k--", lw=0.9, label=label)
         largest = np.argmax(np.where(mask, points.N, -np.inf))  # budgets end at distinct N: no overlap
         where = {"xytext": (5, -5), "textcoords": "offset points", "ha": "left", "va": "top", "zorder": 5}
         where["bbox"] = {"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.8, "lw": 0}

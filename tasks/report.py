@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tasks import checks
-from tasks.fits import SweepFits, law_text
+from tasks import checks, laws
+from tasks.fits import SweepFits, flops_per_token, law_text
 from tasks.plots import CAPTIONS, PLOTS, loss_label, render_plots
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ def render_report(name: str, sweep: SweepFits, verdict: Verdict | None, rows: li
             "## Fitted laws",
             "",
             f"{len(sweep.points.cell_ids)} cells fitted; N = {_kind_of_n(sweep)}, "
-            f"C = {COMPUTE_NAMES[sweep.points.compute_kind]}, target = "
+            f"C = {_compute_name(sweep)}, target = "
             f"{TARGET_NAMES.get(sweep.points.target, sweep.points.target)}.",
             *(
                 [f"Excluded from the fits: {', '.join(sweep.points.excluded)}."]
@@ -135,20 +135,32 @@ def _fit_lines(sweep: SweepFits, verdict: Verdict | None) -> list[str]:
     return lines
 
 
+def _compute_name(sweep: SweepFits) -> str:
+    return COMPUTE_NAMES[sweep.points.compute_kind]
+
+
 def _chinchilla(sweep: SweepFits):
     return next((f for f in sweep.fits if f.form == "chinchilla"), None)
 
 
 def _optimal_lines(sweep: SweepFits) -> list[str]:
     chinchilla = _chinchilla(sweep)
-    if not sweep.optimal or chinchilla is None:
+    if chinchilla is None:
         return []
+    title = f"## Compute-optimal allocation (Approach 3: the Chinchilla-form fit, C = {_compute_name(sweep)})"
+    if not sweep.optimal:
+        try:
+            flops_per_token(sweep.points)
+        except laws.FitInputError as error:
+            return [title, "", f"Not given: {error}", ""]
+        return []  # exponents that are not positive: the fitted-laws section says so
     p = chinchilla.params
+    limit = "" if sweep.points.compute_kind == "6nd" else " as C grows (where the 6·N·D term dominates)"
     lines = [
-        "## Compute-optimal allocation (Approach 3: the Chinchilla-form fit, C = 6·N·D)",
+        title,
         "",
         f"N_opt ∝ C^{p['a_opt']:.3f} (95% interval {_interval(chinchilla, 'a_opt')}), "
-        f"D_opt ∝ C^{p['b_opt']:.3f} (95% interval {_interval(chinchilla, 'b_opt')}).",
+        f"D_opt ∝ C^{p['b_opt']:.3f} (95% interval {_interval(chinchilla, 'b_opt')}){limit}.",
         "",
         "| compute (FLOP) | N_opt | N_opt 95% band | D_opt | tokens per parameter | predicted loss |",
         "| --- | --- | --- | --- | --- | --- |",

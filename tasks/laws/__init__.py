@@ -6,12 +6,12 @@ Plain numpy/scipy, so a notebook can ``from tasks.laws import fit_chinchilla`` a
     optimum = compute_optimal(result, [1e21, 1e23])       # N_opt, D_opt with a bootstrap band of N_opt
 
 Public API: FitResult, fit_chinchilla, fit_power_law, fit_kaplan, fit_multiplicative, fit / FORMS,
-compute_optimal, isoflop_optima, extrapolation_check, prediction_bands, result_to_dict,
-chinchilla_objective, chinchilla_start_grid, SOLVERS (fit_chinchilla's solver=), FitInputError,
-UnidentifiableError.  Invalid input raises
-ValueError saying what is wrong and how to fix it: runs a fitter cannot fit raise its subclass
-FitInputError, and valid runs that cannot determine a form's parameters (fewer than 3 distinct N values
-for A and alpha, say) FitInputError's subclass UnidentifiableError.
+compute_optimal (under 6 N D, or a FlopsPerToken from flops_per_token_from_runs), isoflop_optima,
+extrapolation_check, prediction_bands, result_to_dict, chinchilla_objective, chinchilla_start_grid,
+SOLVERS (fit_chinchilla's solver=), FitInputError, UnidentifiableError.  Invalid input raises ValueError
+saying what is wrong and how to fix it: runs a fitter cannot fit raise its subclass FitInputError, and
+valid runs that cannot determine a form's parameters (fewer than 3 distinct N values for A and alpha,
+say) FitInputError's subclass UnidentifiableError.
 
 The modules, from the bottom up:
     validation       input checks shared by every fitter
@@ -25,12 +25,13 @@ The modules, from the bottom up:
     forms            Chinchilla, Kaplan and the power laws, fitted in log space
     multiplicative   the log-linear form and its rank-deficiency detection
     registry         FORMS, one entry per form (fit, predict, params, bootstrap), and ``fit``
-    compute_optimal  closed-form compute-optimal allocation from a Chinchilla fit
+    compute          C = 6 N D, and the per-token FLOPs of a sweep's own accounting
+    compute_optimal  compute-optimal allocation from a Chinchilla fit, under either accounting
     isoflop          IsoFLOP profiles (Chinchilla's Approach 2)
     extrapolation    fit on the smaller runs, predict the larger ones; prediction bands
 """
 
-from tasks.laws.compute import FLOPS_PER_PARAM_TOKEN
+from tasks.laws.compute import FLOPS_PER_PARAM_TOKEN, FlopsPerToken, flops_per_token_from_runs
 from tasks.laws.compute_optimal import compute_optimal
 from tasks.laws.extrapolation import extrapolation_check, prediction_bands
 from tasks.laws.forms import (
@@ -71,6 +72,7 @@ __all__ = [
     "ExtrapolationResult",
     "FitInputError",
     "FitResult",
+    "FlopsPerToken",
     "IsoFlopGroup",
     "IsoFlopResult",
     "LawForm",
@@ -86,6 +88,7 @@ __all__ = [
     "fit_kaplan",
     "fit_multiplicative",
     "fit_power_law",
+    "flops_per_token_from_runs",
     "isoflop_optima",
     "prediction_bands",
     "result_to_dict",

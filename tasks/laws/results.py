@@ -48,14 +48,15 @@ class FitResult:
 
 @dataclass(frozen=True, eq=False)
 class ComputeOptimal:
-    """Compute-optimal allocation under C = 6 N D; ``*_ci`` are 95% bootstrap bands (or None)."""
+    """Compute-optimal allocation under C = 6 N D, or the accounting given to compute_optimal;
+    ``*_ci`` are 95% bootstrap bands (or None)."""
 
     compute: np.ndarray
     N_opt: np.ndarray
     D_opt: np.ndarray
     tokens_per_param: np.ndarray
     loss: np.ndarray
-    a: float  # N_opt ∝ C^a, a = beta / (alpha + beta)
+    a: float  # N_opt ∝ C^a, a = beta / (alpha + beta) (under C = 6 N D; the large-C limit otherwise)
     b: float  # D_opt ∝ C^b, b = alpha / (alpha + beta)
     N_opt_ci: tuple[np.ndarray, np.ndarray] | None = None
     a_ci: tuple[float, float] | None = None
