@@ -65,13 +65,17 @@ def test_chinchilla_recovers_known_parameters(chinchilla_fit: FitResult) -> None
     assert np.sqrt(np.mean(chinchilla_fit.residuals**2)) == pytest.approx(NOISE_SIGMA, rel=0.5)
 
 
-def test_chinchilla_recovers_noise_free_parameters_exactly() -> None:
+@pytest.fixture(scope="module")
+def noise_free_fit() -> FitResult:
     N, D = grid_runs()
-    result = fit_chinchilla(N, D, chinchilla_loss(N, D))
-    assert result.converged
-    assert result.objective < 1e-20
+    return fit_chinchilla(N, D, chinchilla_loss(N, D))
+
+
+def test_chinchilla_recovers_noise_free_parameters_exactly(noise_free_fit: FitResult) -> None:
+    assert noise_free_fit.converged
+    assert noise_free_fit.objective < 1e-20
     for name, value in TRUE_CHINCHILLA.items():
-        assert result.params[name] == pytest.approx(value, rel=1e-6), name
+        assert noise_free_fit.params[name] == pytest.approx(value, rel=1e-6), name
 
 
 def test_chinchilla_flags_a_degenerate_optimum() -> None:
@@ -144,11 +148,17 @@ def test_fast_fit_equals_brute_force_scipy_multistart() -> None:
     assert fast.objective == pytest.approx(brute_force_best, rel=1e-9)
 
 
-def test_predict_is_the_chinchilla_formula(chinchilla_fit: FitResult) -> None:
-    p = chinchilla_fit.params
-    N, D = np.array([1e8, 1e10]), np.array([1e10, 1e12])
-    expected = p["E"] + p["A"] / N ** p["alpha"] + p["B"] / D ** p["beta"]
-    np.testing.assert_allclose(chinchilla_fit.predict(N, D), expected, rtol=1e-12)
+def test_predict_gives_the_true_law_off_the_grid_and_the_fits_residuals_on_it(
+    noise_free_fit: FitResult, chinchilla_runs: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> None:
+    """Checked against the law the runs were drawn from, not the predictor's own formula: catches a
+    predictor that swaps A and B or alpha and beta, reads a_opt for alpha, or disagrees with the model
+    the objective fitted (whose log residuals it must reproduce)."""
+    N, D = np.array([3e5, 1e8, 1e10, 4e9]), np.array([1e12, 1e10, 1e12, 2e7])  # off the fitted grid
+    np.testing.assert_allclose(noise_free_fit.predict(N, D), chinchilla_loss(N, D), rtol=1e-6)
+    N, D, loss = chinchilla_runs
+    fitted = fit_chinchilla(N, D, loss)
+    np.testing.assert_allclose(np.log(loss) - np.log(fitted.predict(N, D)), fitted.residuals, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------------
