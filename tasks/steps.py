@@ -133,6 +133,39 @@ SUMMARY_COLUMNS = (
 )
 
 
+def _training_artifact(
+    kind: str,
+    params: dict[str, Any],
+    train: Callable[[Path, Path, Checkpoints], Any],
+    failed: Callable[[str], Any],
+    finish: Callable[[Path, Path, str, Any], Record],
+) -> Record:
+    """The body the trunk and cell tasks share: torch on `threads` threads, a checkpoint in the work
+    folder every `checkpoint_seconds` that a rerun continues from, a failure recorded rather than
+    raised, and the work folder removed once the artifact is published.
+
+    `train(out, work, checkpoints)` returns the result, `failed(error)` the result of a failure, and
+    `finish(out, work, fp, result)` writes the artifact and returns its record."""
+    store, logger = params["store"], get_run_logger()
+    name = kind.removesuffix("s")
+
+    def build(out: Path, fp: str) -> Record:
+        import torch  # imported by the worker that trains, not by the flow's process
+
+        torch.set_num_threads(params["threads"])
+        work = work_dir(store, kind, fp)
+        try:
+            result = train(out, work, Checkpoints(work / "checkpoint.pt", params["checkpoint_seconds"]))
+        except Exception as error:  # one trunk's or cell's failure is recorded and must not stop the sweep
+            logger.exception("%s %s failed", name, fp)
+            result = failed(f"{type(error).__name__}: {error}")
+        return finish(out, work, fp, result)
+
+    record = _materialize(kind, params, build)
+    shutil.rmtree(work_dir(store, kind, record["fp"]), ignore_errors=True)
+    return record
+
+
 @artifact_task(Kind.TRUNKS)
 def train_grid_trunk(
     store: str,
@@ -149,32 +182,27 @@ def train_grid_trunk(
     """
     params = dict(locals())
     trunk_plan = plan_from_dict(plan)
-    logger = get_run_logger()
 
-    def build(out: Path, trunk_id: str) -> Record:
-        import torch  # imported by the worker that trains, not by the flow's process
+    def train(out: Path, work: Path, checkpoints: Checkpoints) -> Record:
+        from tasks.train import train_trunk
 
-        from tasks.train import snapshot_name, train_trunk
-
-        torch.set_num_threads(threads)
         # snapshots stay in the work folder until published: a resumed trunk does not save them again
-        work = work_dir(store, Kind.TRUNKS, trunk_id)
-        try:
-            checkpoints = Checkpoints(work / "checkpoint.pt", checkpoint_seconds)
-            stream = load_stream(Store(store), tokens_fp, "train")
-            record = train_trunk(trunk_plan, branch_steps, stream, work, checkpoints)
-        except Exception as error:  # recorded in the trunk; its cells fail and name it
-            logger.exception("trunk %s failed", trunk_id)
-            record = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+        return train_trunk(
+            trunk_plan, branch_steps, load_stream(Store(store), tokens_fp, "train"), work, checkpoints
+        )
+
+    def finish(out: Path, work: Path, trunk_id: str, record: Record) -> Record:
+        from tasks.train import snapshot_name
+
         snapshots = [work / snapshot_name(step) for step in branch_steps]
         for snapshot in (path for path in snapshots if path.exists()):
             shutil.copyfile(snapshot, out / snapshot.name)
-        logger.info("trunk %s %s: snapshots at steps %s", trunk_id, record["status"], branch_steps)
+        get_run_logger().info("trunk %s %s: snapshots at steps %s", trunk_id, record["status"], branch_steps)
         return record
 
-    record = _materialize(Kind.TRUNKS, params, build)
-    shutil.rmtree(work_dir(store, Kind.TRUNKS, record["fp"]), ignore_errors=True)
-    return record
+    return _training_artifact(
+        Kind.TRUNKS, params, train, lambda error: {"status": "failed", "error": error}, finish
+    )
 
 
 @artifact_task(Kind.CELLS)
@@ -194,25 +222,12 @@ def train_grid_cell(
     """
     params = dict(locals())
     cell_plan = plan_from_dict(plan)
-    logger = get_run_logger()
 
-    def build(out: Path, cell_id: str) -> Record:
-        import torch  # imported by the worker that trains, not by the flow's process
+    def train(out: Path, work: Path, checkpoints: Checkpoints) -> tuple[dict, list]:
+        return _train(Store(store), tokens_fp, vocab_fp, cell_plan, out / "model", checkpoints, trunk_fp)
 
-        torch.set_num_threads(threads)
-        try:
-            checkpoints = Checkpoints(
-                work_dir(store, Kind.CELLS, cell_id) / "checkpoint.pt", checkpoint_seconds
-            )
-            row, curve = _train(
-                Store(store), tokens_fp, vocab_fp, cell_plan, out / "model", checkpoints, trunk_fp
-            )
-        except Exception as error:  # one cell's failure is recorded and must not stop the sweep
-            logger.exception("cell %s failed", cell_id)
-            row, curve = (
-                plan_columns(cell_plan) | {"status": "failed", "error": f"{type(error).__name__}: {error}"},
-                [],
-            )
+    def finish(out: Path, work: Path, cell_id: str, outcome: tuple[dict, list]) -> Record:
+        row, curve = outcome
         row |= {
             "cell_id": cell_id,
             "data_fp": tokens_fp,
@@ -221,12 +236,15 @@ def train_grid_cell(
         }
         datasets.RUNS.write([row], out)
         datasets.CURVES.write([{"cell_id": cell_id, **point} for point in curve], out)
-        logger.info("cell %s %s: val loss %s nats/token", cell_id, row["status"], row.get("val_loss_nats"))
+        get_run_logger().info(
+            "cell %s %s: val loss %s nats/token", cell_id, row["status"], row.get("val_loss_nats")
+        )
         return {key: row.get(key) for key in SUMMARY_COLUMNS}
 
-    record = _materialize(Kind.CELLS, params, build)
-    shutil.rmtree(work_dir(store, Kind.CELLS, record["fp"]), ignore_errors=True)
-    return record
+    def failed(error: str) -> tuple[dict, list]:
+        return plan_columns(cell_plan) | {"status": "failed", "error": error}, []
+
+    return _training_artifact(Kind.CELLS, params, train, failed, finish)
 
 
 def _train(
