@@ -81,25 +81,31 @@ def fit_sweep(
     holdout_fraction: float = 0.25,
     huber_delta: float = laws.HUBER_DELTA_CHINCHILLA,
 ) -> SweepFits:
-    """Every law form that the points can determine (the others skipped, with the reason), the
-    compute-optimal allocation, and an extrapolation check on the largest cells. `huber_delta` is
+    """Every form of the laws registry that the points can determine (the others skipped, with the
+    reason), the compute-optimal allocation, and an extrapolation check on the largest cells. `huber_delta` is
     the Chinchilla form's Huber threshold on log loss (Hoffmann et al.'s 1e-3 by default)."""
-    per_n = best_per(points.N, points.loss)
-    per_d = best_per(points.D, points.loss)
+    everything = np.arange(len(points.N))
     frontier = compute_frontier(points.C, points.loss)
-    attempts = {
-        "chinchilla": lambda: laws.fit_chinchilla(
-            points.N, points.D, points.loss, bootstrap=bootstrap, huber_delta=huber_delta
-        ),
-        "power_law_N": lambda: laws.fit_power_law(points.N[per_n], points.loss[per_n], axis="N"),
-        "power_law_D": lambda: laws.fit_power_law(points.D[per_d], points.loss[per_d], axis="D"),
-        "power_law_C": lambda: laws.fit_power_law(points.C[frontier], points.loss[frontier], axis="C"),
-        "multiplicative": lambda: laws.fit_multiplicative(points.N, points.D, points.C, points.loss),
+    # Which cells each registered form sees, and its options: the one-axis laws the best cell per N,
+    # per D or on the loss-compute frontier; C-laws the compute of the fit's accounting, not 6 N D.
+    # Kaplan is fitted by least squares, without a bootstrap: 0.1 s on a 30-cell sweep.
+    subsets = {
+        "power_law_N": best_per(points.N, points.loss),
+        "power_law_D": best_per(points.D, points.loss),
+        "power_law_C": frontier,
+    }
+    options = {
+        "chinchilla": {"bootstrap": bootstrap, "huber_delta": huber_delta},
+        "power_law_C": {"compute": points.C[frontier]},
+        "multiplicative": {"compute": points.C},
     }
     fits, skipped = [], {}
-    for form, attempt in attempts.items():
+    for form in laws.FORMS:
+        cells = subsets.get(form, everything)
         try:
-            fits.append(attempt())
+            fits.append(
+                laws.fit(form, points.N[cells], points.D[cells], points.loss[cells], **options.get(form, {}))
+            )
         except laws.FitInputError as error:  # the cells cannot determine the form; anything else is a bug
             skipped[form] = str(error)
     held_out = checks.held_out(points.N, points.C, holdout_fraction)

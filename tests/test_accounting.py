@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
-from tasks import fits, report
+from tasks import fits, laws, report
 
 LAW = {"E": 1.8, "A": 30.0, "B": 60.0, "alpha": 0.34, "beta": 0.28}
 KAPPA, GAMMA = 2000.0, 0.5  # per-token overhead kappa N^gamma: 3x of 6 N at N = 1e4, a third at 1e6
@@ -86,3 +86,15 @@ def test_n_and_c_counted_differently_give_no_allocation_and_say_why():
     assert any(f.form == "chinchilla" for f in sweep.fits) and sweep.optimal == []
     text = "\n".join(report._optimal_lines(sweep))
     assert "Not given: the compute per token is below 6 N" in text
+
+
+def test_the_sweep_fits_every_registered_form_with_the_fits_compute(with_attention):
+    """Catches a form of the registry that the sweep leaves out (kaplan was), and a C-law fitted to
+    6 N D, the registry's default, instead of the fit's accounting."""
+    points = with_attention.points
+    assert [f.form.removesuffix("_reduced") for f in with_attention.fits] == list(laws.FORMS)
+    frontier = fits.compute_frontier(points.C, points.loss)
+    expected = laws.fit_power_law(points.C[frontier], points.loss[frontier], axis="C")
+    power_law_c = next(f for f in with_attention.fits if f.form == "power_law_C")
+    assert power_law_c.params == expected.params
+    assert {row["form"] for row in fits.fit_rows("fp", with_attention)} >= {"kaplan"}

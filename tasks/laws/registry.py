@@ -64,14 +64,16 @@ FORMS: dict[str, LawForm] = {
         ),
         _law(
             "power_law_C",
-            lambda N, D, loss, **kw: fit_power_law(_six_n_d(N, D), loss, axis="C", **kw),
+            lambda N, D, loss, *, compute=None, **kw: fit_power_law(
+                _six_n_d(N, D) if compute is None else compute, loss, axis="C", **kw
+            ),
             _POWER_LAW_PARAMS,
         ),
         _law("multiplicative", _fit_multiplicative_runs, ("a", "b", "c", "d")),
     )
 }
-"""Every form by name.  power_law_C uses C = 6 N D; multiplicative takes ``compute=`` (default 6 N D)
-and may come back as "multiplicative_reduced" (d nan) when C is a power of N D."""
+"""Every form by name.  power_law_C and multiplicative take ``compute=`` (default C = 6 N D), one
+value per run; multiplicative may come back as "multiplicative_reduced" (d nan) when C is a power of N D."""
 
 
 def fit(form: str, N: ArrayLike, D: ArrayLike, loss: ArrayLike, **options: Any) -> FitResult:
