@@ -158,8 +158,8 @@ def test_the_fix_names_the_keyword_to_pass(columns):
 
 
 def test_a_form_not_fitted_says_why(fitted):
-    with pytest.raises(ValueError, match="No form 'kaplan'; the fitted forms are chinchilla"):
-        fitted.law("kaplan")
+    with pytest.raises(ValueError, match="No form 'gompertz'; the fitted forms are chinchilla"):
+        fitted.law("gompertz")
     two_tokens = {"params": [1e6, 2e6, 4e6, 1e6, 2e6, 4e6], "tokens": [1e9] * 3 + [4e9] * 3}
     two_tokens["loss"] = [3.0, 2.9, 2.8, 2.7, 2.6, 2.5]
     fit = fit_runs(two_tokens, bootstrap=0)
