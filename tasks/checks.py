@@ -79,14 +79,19 @@ def _profile(n: np.ndarray, d: np.ndarray, compute: np.ndarray, loss: np.ndarray
     log_d = np.polyval(np.polyfit(x, np.log(d), 1), vertex)  # D = C / (6N) is a line in log space
     interior = bool(x.min() < vertex < x.max())
     return row | {
-        "n_opt": math.exp(centre + vertex),
-        "n_opt_ci_low": math.exp(centre + vertex - half_width),
-        "n_opt_ci_high": math.exp(centre + vertex + half_width),
-        "d_opt": math.exp(log_d),
+        "n_opt": _exp(centre + vertex),
+        "n_opt_ci_low": _exp(centre + vertex - half_width),
+        "n_opt_ci_high": _exp(centre + vertex + half_width),
+        "d_opt": _exp(log_d),
         "loss_at_opt": float(intercept - slope**2 / (4 * curvature)),
         "interior": interior,
         "note": "" if interior else "the minimum lies outside the sampled sizes; add sizes beyond it",
     }
+
+
+def _exp(log_value: float) -> float:
+    """exp, saturating to inf: a nearly flat parabola puts its vertex far outside any sampled N."""
+    return math.inf if log_value > math.log(np.finfo(float).max) else math.exp(log_value)
 
 
 def _vertex_half_width(design: np.ndarray, residual: np.ndarray, curvature: float, slope: float) -> float:

@@ -147,3 +147,13 @@ def test_bits_per_byte_is_a_fit_target_and_recorded():
     assert by_form["chinchilla"].params["alpha"] == pytest.approx(nats.fits[0].params["alpha"], rel=1e-3)
     assert by_form["chinchilla"].params["E"] == pytest.approx(nats.fits[0].params["E"] / 2, rel=1e-3)
     assert {row["target"] for row in fits.fit_rows("f", sweep)} == {"bits_per_byte"}
+
+
+def test_tiny_and_flat_sweeps_are_judged_rather_than_crashing():
+    """Five cells of one budget once raised LinAlgError (a Hessian singular past Cholesky), and bands
+    whose parabola is nearly flat raised OverflowError placing the vertex: both are verdicts now."""
+    from test_report import synthetic_rows
+
+    for rows in (synthetic_rows()[:5], synthetic_rows(sizes=2)):
+        verdict = judge(fits.fit_sweep(fits.points_from_runs(rows, "nonembedding", "6nd")))
+        assert not verdict.trustworthy and verdict.findings

@@ -73,11 +73,11 @@ def _sandwich_covariance(objective: _Objective, theta: np.ndarray) -> np.ndarray
     _, slope = _huber(objective.residuals(theta), objective.huber_delta)
     meat = (jacobian * slope[:, None] ** 2).T @ jacobian
     n_points, n_params = jacobian.shape
-    try:
+    try:  # a Hessian that passes Cholesky can still be singular to working precision
         np.linalg.cholesky(hessian)
+        inverse = np.linalg.inv(hessian)
     except np.linalg.LinAlgError:
         return None
-    inverse = np.linalg.inv(hessian)
     return inverse @ meat @ inverse * n_points / max(n_points - n_params, 1)
 
 
