@@ -14,6 +14,7 @@ from the store URL, so they never reach a spec, a log or the store.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -175,7 +176,15 @@ class Store:
             if existing is not None and keep_existing(existing):
                 return existing
             if self.is_local:
-                _replace_folder(scratch, Path(self._key(kind, fp)))
+                try:
+                    _replace_folder(scratch, Path(self._key(kind, fp)))
+                except OSError as error:  # another writer renamed its copy in between: check again
+                    if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise
+                    existing = self.marker(kind, fp)
+                    if existing is not None and keep_existing(existing):
+                        return existing
+                    _replace_folder(scratch, Path(self._key(kind, fp)))
             else:
                 self._upload(scratch, kind, fp, replaces=existing is not None)
             return record
