@@ -22,7 +22,14 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from tasks.laws.objective import _huber
-from tasks.laws.optimizer import _POLISH_FTOL, _POLISH_ITERATIONS, _batched_lbfgs, _Minimisable, _Minimum
+from tasks.laws.optimizer import (
+    _POLISH_FTOL,
+    _POLISH_ITERATIONS,
+    _batched_lbfgs,
+    _distinct,
+    _Minimisable,
+    _Minimum,
+)
 
 _ToPairs = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 SOLVERS = ("multistart", "vpnls")
@@ -163,18 +170,6 @@ def _exponent_points(fixed: Mapping[str, float], tie_exponents: bool) -> tuple[i
     return len(free), pairs
 
 
-def _distinct_cells(points: np.ndarray, values: np.ndarray, count: int, radius: float) -> np.ndarray:
-    kept: list[int] = []
-    for index in np.argsort(values):
-        if not np.isfinite(values[index]):
-            break
-        if not kept or np.min(np.max(np.abs(points[kept] - points[index]), axis=1)) > radius:
-            kept.append(int(index))
-            if len(kept) == count:
-                break
-    return np.array(kept, dtype=int)
-
-
 def vpnls_starts(
     n: np.ndarray,
     d: np.ndarray,
@@ -190,7 +185,7 @@ def vpnls_starts(
     grid = np.array(list(itertools.product(_GRID_EXPONENTS, repeat=dims))).reshape(-1, dims)
     values, _ = inner.solve(*to_pairs(grid), _SCREEN_STEPS)
     spacing = float(_GRID_EXPONENTS[1] - _GRID_EXPONENTS[0])
-    cells = grid[_distinct_cells(grid, values, _CANDIDATES, _CANDIDATE_SEPARATION * spacing)]
+    cells = grid[_distinct(grid, values, _CANDIDATES, _CANDIDATE_SEPARATION * spacing)]
     if not len(cells):
         raise ValueError("vpnls: no exponent pair gives a finite objective; try solver='multistart'.")
     offsets = np.array(list(itertools.product((-1.0, 0.0, 1.0), repeat=dims))).reshape(-1, dims)
