@@ -6,14 +6,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
 
 from tasks import laws
 
 BUDGET_RTOL = 0.05  # cells of one IsoFLOP budget differ in compute only by the rounding of their steps
 MIN_SIZES_PER_PROFILE = 3  # a parabola needs three distinct model sizes
 PRODUCT_GRID_BANDS = 3  # a product grid has no budgets: its compute is binned into this many bands
-CONFIDENCE = 0.95
 
 
 def budget_labels(compute: np.ndarray) -> np.ndarray:
@@ -66,24 +64,26 @@ def _profile(n: np.ndarray, d: np.ndarray, compute: np.ndarray, loss: np.ndarray
     }
     if len(np.unique(n)) < MIN_SIZES_PER_PROFILE:
         return row | {"note": f"{len(np.unique(n))} model sizes; a parabola needs {MIN_SIZES_PER_PROFILE}"}
-    centre = float(np.mean(np.log(n)))
-    x = np.log(n) - centre
-    design = np.column_stack([x**2, x, np.ones_like(x)])
-    (curvature, slope, intercept), *_ = np.linalg.lstsq(design, loss, rcond=None)
-    row |= {"log_n_centre": centre, "curvature": curvature, "slope": slope, "intercept": intercept}
-    if curvature <= 0:
+    parabola = laws.fit_parabola(np.log(n), loss)
+    row |= {
+        "log_n_centre": parabola.centre,
+        "curvature": parabola.curvature,
+        "slope": parabola.slope,
+        "intercept": parabola.intercept,
+    }
+    if parabola.curvature <= 0:
         return row | {"note": "the parabola opens downward: no minimum; add sizes on both sides"}
-    vertex = -slope / (2 * curvature)
-    residual = loss - design @ np.array([curvature, slope, intercept])
-    half_width = _vertex_half_width(design, residual, curvature, slope)
+    x = np.log(n) - parabola.centre
+    vertex = parabola.vertex
     log_d = np.polyval(np.polyfit(x, np.log(d), 1), vertex)  # D = C / (6N) is a line in log space
     interior = bool(x.min() < vertex < x.max())
+    log_n_opt = parabola.centre + vertex
     return row | {
-        "n_opt": _exp(centre + vertex),
-        "n_opt_ci_low": _exp(centre + vertex - half_width),
-        "n_opt_ci_high": _exp(centre + vertex + half_width),
+        "n_opt": _exp(log_n_opt),
+        "n_opt_ci_low": _exp(log_n_opt - parabola.half_width),
+        "n_opt_ci_high": _exp(log_n_opt + parabola.half_width),
         "d_opt": _exp(log_d),
-        "loss_at_opt": float(intercept - slope**2 / (4 * curvature)),
+        "loss_at_opt": parabola.loss_at_vertex,
         "interior": interior,
         "note": "" if interior else "the minimum lies outside the sampled sizes; add sizes beyond it",
     }
@@ -92,17 +92,6 @@ def _profile(n: np.ndarray, d: np.ndarray, compute: np.ndarray, loss: np.ndarray
 def _exp(log_value: float) -> float:
     """exp, saturating to inf: a nearly flat parabola puts its vertex far outside any sampled N."""
     return math.inf if log_value > math.log(np.finfo(float).max) else math.exp(log_value)
-
-
-def _vertex_half_width(design: np.ndarray, residual: np.ndarray, curvature: float, slope: float) -> float:
-    """The vertex's 95% half-width in log N by the delta method, with Student's t on the residual
-    degrees of freedom (nan for a parabola through exactly three points)."""
-    dof = len(residual) - design.shape[1]
-    if dof < 1:
-        return math.nan
-    covariance = residual @ residual / dof * np.linalg.pinv(design.T @ design)
-    gradient = np.array([slope / (2 * curvature**2), -1 / (2 * curvature), 0.0])
-    return float(stats.t.ppf((1 + CONFIDENCE) / 2, dof) * math.sqrt(gradient @ covariance @ gradient))
 
 
 def isoflop_exponent(rows: list[dict]) -> dict:
@@ -114,12 +103,10 @@ def isoflop_exponent(rows: list[dict]) -> dict:
         return result
     x = np.log([r["budget_flops"] for r in usable])
     y = np.log([r["n_opt"] for r in usable])
-    slope, intercept = np.polyfit(x, y, 1)
+    (slope, _), covariance = laws.line_fit(x, y)
     result["a"] = float(slope)
-    if len(usable) > 2:
-        residual = y - (slope * x + intercept)
-        stderr = math.sqrt(residual @ residual / (len(x) - 2) / np.sum((x - x.mean()) ** 2))
-        half = stats.t.ppf((1 + CONFIDENCE) / 2, len(x) - 2) * stderr
+    if covariance is not None:
+        half = laws.student_t_95(len(x) - 2) * math.sqrt(covariance[0, 0])
         result |= {"a_ci_low": float(slope - half), "a_ci_high": float(slope + half)}
     return result
 

@@ -42,7 +42,15 @@ from tasks.laws.forms import (
     fit_kaplan,
     fit_power_law,
 )
-from tasks.laws.isoflop import ISOFLOP_COMPUTE_RTOL, equal_compute_groups, isoflop_optima
+from tasks.laws.isoflop import (
+    ISOFLOP_COMPUTE_RTOL,
+    Parabola,
+    equal_compute_groups,
+    fit_parabola,
+    isoflop_optima,
+    line_fit,
+    student_t_95,
+)
 from tasks.laws.multiplicative import MULTIPLICATIVE_RANK_RTOL, fit_multiplicative
 from tasks.laws.predictors import _predict_chinchilla as _predict_chinchilla
 from tasks.laws.registry import FORMS, BootstrapUnavailable, LawForm, fit
@@ -76,6 +84,7 @@ __all__ = [
     "IsoFlopGroup",
     "IsoFlopResult",
     "LawForm",
+    "Parabola",
     "PredictionBands",
     "UnidentifiableError",
     "chinchilla_objective",
@@ -87,9 +96,12 @@ __all__ = [
     "fit_chinchilla",
     "fit_kaplan",
     "fit_multiplicative",
+    "fit_parabola",
     "fit_power_law",
     "flops_per_token_from_runs",
     "isoflop_optima",
+    "line_fit",
     "prediction_bands",
     "result_to_dict",
+    "student_t_95",
 ]

@@ -4,13 +4,13 @@ N_opt ∝ C^a over the budgets."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from tasks.laws.compute import FLOPS_PER_PARAM_TOKEN
 from tasks.laws.results import IsoFlopGroup, IsoFlopResult
-from tasks.laws.uncertainty import Z_95
 from tasks.laws.validation import _check_equal_lengths, _validated_columns
 
 # Runs whose compute differs by less than this relative amount share an IsoFLOP group.
@@ -88,49 +88,74 @@ def _isoflop_group(n: np.ndarray, compute: np.ndarray, loss: np.ndarray) -> IsoF
     log_n = np.log(n)
     if len(np.unique(n)) < 3:
         return _unusable_group(group_compute, len(n), "fewer than 3 distinct model sizes; no parabola fitted")
-    centre = float(np.mean(log_n))
-    curvature, slope, intercept = np.polyfit(log_n - centre, loss, 2)
-    low, high = _vertex_interval(log_n - centre, loss, curvature, slope, intercept)
-    if curvature <= 0:
+    parabola = fit_parabola(log_n, loss)
+    if parabola.curvature <= 0:
         return _unusable_group(
             group_compute, len(n), "parabola opens downward (no minimum); add runs around the optimum"
         )
-    vertex = -slope / (2.0 * curvature)
-    n_opt = math.exp(centre + vertex)
+    log_n_opt = parabola.centre + parabola.vertex
+    n_opt = math.exp(log_n_opt)
     warning = ""
-    if not log_n.min() <= centre + vertex <= log_n.max():
+    if not log_n.min() <= log_n_opt <= log_n.max():
         warning = (
             f"minimum N={n_opt:.3g} lies outside the sampled range [{n.min():.3g}, {n.max():.3g}]; "
             "it is an extrapolation, so add runs beyond that end"
         )
-    loss_at_opt = float(intercept - slope**2 / (4.0 * curvature))
     return IsoFlopGroup(
         group_compute,
         len(n),
         n_opt,
         group_compute / (FLOPS_PER_PARAM_TOKEN * n_opt),
-        loss_at_opt,
+        parabola.loss_at_vertex,
         warning,
-        math.exp(centre + low),
-        math.exp(centre + high),
+        math.exp(log_n_opt - parabola.half_width),
+        math.exp(log_n_opt + parabola.half_width),
     )
 
 
-def _vertex_interval(
-    x: np.ndarray, loss: np.ndarray, curvature: float, slope: float, intercept: float
-) -> tuple[float, float]:
-    """95% interval of the vertex -slope / (2 curvature) in centred log N, by the delta method on the
-    least-squares covariance of the parabola (nan without residual degrees of freedom)."""
+@dataclass(frozen=True)
+class Parabola:
+    """loss = curvature·x² + slope·x + intercept in x = ln N − centre, and the 95% half-width of its
+    vertex in x: the delta method on the least-squares covariance, with Student's t on the residual
+    degrees of freedom (nan for a parabola through three points)."""
+
+    centre: float
+    curvature: float
+    slope: float
+    intercept: float
+    half_width: float
+
+    @property
+    def vertex(self) -> float:
+        return -self.slope / (2.0 * self.curvature)
+
+    @property
+    def loss_at_vertex(self) -> float:
+        return float(self.intercept - self.slope**2 / (4.0 * self.curvature))
+
+
+def fit_parabola(log_n: np.ndarray, loss: np.ndarray) -> Parabola:
+    """The least-squares parabola of loss in ln N (three or more distinct N), centred on their mean."""
+    centre = float(np.mean(log_n))
+    x = log_n - centre
     design = np.column_stack([x**2, x, np.ones_like(x)])
-    residual = loss - design @ np.array([curvature, slope, intercept])
+    coefficients, *_ = np.linalg.lstsq(design, loss, rcond=None)
+    curvature, slope, intercept = (float(c) for c in coefficients)
     dof = len(x) - 3
-    vertex = -slope / (2.0 * curvature)
-    if dof < 1:
-        return math.nan, math.nan
+    if dof < 1 or curvature <= 0:
+        return Parabola(centre, curvature, slope, intercept, math.nan)
+    residual = loss - design @ coefficients
     covariance = float(residual @ residual) / dof * np.linalg.pinv(design.T @ design)
     gradient = np.array([slope / (2.0 * curvature**2), -1.0 / (2.0 * curvature), 0.0])
-    half_width = Z_95 * math.sqrt(max(float(gradient @ covariance @ gradient), 0.0))
-    return vertex - half_width, vertex + half_width
+    spread = math.sqrt(max(float(gradient @ covariance @ gradient), 0.0))
+    return Parabola(centre, curvature, slope, intercept, student_t_95(dof) * spread)
+
+
+def student_t_95(dof: int) -> float:
+    """The two-sided 95% quantile of Student's t with `dof` degrees of freedom."""
+    from scipy import stats  # scipy only where an interval needs it: the package imports without it
+
+    return float(stats.t.ppf(0.975, dof))
 
 
 def _isoflop_exponent(groups: tuple[IsoFlopGroup, ...]) -> IsoFlopResult:
@@ -148,14 +173,14 @@ def _isoflop_exponent(groups: tuple[IsoFlopGroup, ...]) -> IsoFlopResult:
         )
     log_compute = np.log([g.compute for g in usable])
     log_n_opt = np.log([g.N_opt for g in usable])
-    (a, log_coefficient), covariance = _line_fit(log_compute, log_n_opt)
+    (a, log_coefficient), covariance = line_fit(log_compute, log_n_opt)
     a_stderr = math.sqrt(covariance[0, 0]) if covariance is not None else math.nan
     if covariance is None:
         note += " Standard error of a needs at least 3 usable groups."
     return IsoFlopResult(groups, float(a), a_stderr, math.exp(log_coefficient), len(usable), note)
 
 
-def _line_fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+def line_fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """Least-squares (slope, intercept) and their covariance (None without residual dof)."""
     design = np.column_stack([x, np.ones_like(x)])
     coefficients, *_ = np.linalg.lstsq(design, y, rcond=None)
