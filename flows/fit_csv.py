@@ -282,7 +282,7 @@ def _optimal_rows(result: Any, budgets: np.ndarray) -> list[dict[str, float | No
         low, high = optimum.N_opt_ci or (np.full(len(budgets), math.nan),) * 2
     return [
         {
-            "compute": float(c),
+            "flops": float(c),
             "N_opt": finite_or_none(n),
             "N_opt_low": finite_or_none(lo),
             "N_opt_high": finite_or_none(hi),

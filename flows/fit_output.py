@@ -36,7 +36,7 @@ def result_record(result: Any) -> dict[str, Any]:
         "n_groups_used": result.n_groups_used,
         "groups": [
             {
-                "compute": g.compute,
+                "flops": g.compute,
                 "n_points": g.n_points,
                 "N_opt": finite_or_none(g.N_opt),
                 "N_opt_ci": [finite_or_none(g.N_opt_low), finite_or_none(g.N_opt_high)],
@@ -67,9 +67,9 @@ def _print_json(result: Any, optimum: list[dict] | None, console: Console) -> No
 
 
 def _print_csv(result: Any, optimum: list[dict] | None, console: Console) -> None:
-    """Long format: one row per parameter, then one per (quantity, compute) of the optimal table."""
+    """Long format: one row per parameter, then one per (quantity, FLOPs) of the optimal table."""
     writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(["form", "quantity", "compute", "estimate", "stderr", "ci_low", "ci_high"])
+    writer.writerow(["form", "quantity", "flops", "estimate", "stderr", "ci_low", "ci_high"])
     record = result_record(result)
     for name, estimate, stderr, low, high in _parameter_rows(record):
         writer.writerow([record["form"], name, "", *(_cell(v) for v in (estimate, stderr, low, high))])
@@ -80,7 +80,7 @@ def _print_csv(result: Any, optimum: list[dict] | None, console: Console) -> Non
                 [
                     record["form"],
                     quantity,
-                    row["compute"],
+                    row["flops"],
                     *(_cell(v) for v in (row[quantity], None, low, high)),
                 ]
             )
@@ -96,12 +96,12 @@ def _print_table(result: Any, optimum: list[dict] | None, console: Console) -> N
     record = result_record(result)
     if isinstance(result, laws.IsoFlopResult):
         groups = Table(title="IsoFLOP budgets")
-        for column in ("compute", "runs", "N_opt", "95% interval", "D_opt", "loss", "warning"):
+        for column in ("flops", "runs", "N_opt", "95% interval", "D_opt", "loss", "warning"):
             groups.add_column(column, justify="right")
         for g in record["groups"]:
             low, high = g["N_opt_ci"]
             groups.add_row(
-                f"{g['compute']:.3g}",
+                f"{g['flops']:.3g}",
                 str(g["n_points"]),
                 _text(g["N_opt"]),
                 f"{_text(low)} .. {_text(high)}",
@@ -122,11 +122,11 @@ def _print_table(result: Any, optimum: list[dict] | None, console: Console) -> N
     console.print(table)
     if optimum is not None:
         optimal = Table(title="compute-optimal allocation")
-        for column in ("compute", "N_opt", "95% interval", "D_opt", "D/N", "loss"):
+        for column in ("flops", "N_opt", "95% interval", "D_opt", "D/N", "loss"):
             optimal.add_column(column, justify="right")
         for row in optimum:
             optimal.add_row(
-                f"{row['compute']:.3g}",
+                f"{row['flops']:.3g}",
                 _text(row["N_opt"]),
                 f"{_text(row['N_opt_low'])} .. {_text(row['N_opt_high'])}",
                 _text(row["D_opt"]),

@@ -123,8 +123,8 @@ RUNS = Dataset(
             ("tokens_seen", pa.int64()),
             ("steps", pa.int64()),
             ("epochs", pa.float64()),
-            ("compute_6nd", pa.float64()),
-            ("compute_with_attention", pa.float64()),
+            ("flops_6nd", pa.float64()),
+            ("flops_with_attention", pa.float64()),
             ("lr", pa.float64()),
             ("warmup_steps", pa.int64()),
             ("beta2", pa.float64()),
@@ -208,7 +208,7 @@ OPTIMAL = Dataset(
     "optimal.parquet",
     pa.schema(
         [
-            ("compute", pa.float64()),
+            ("flops", pa.float64()),  # in the fit's compute accounting (fits.compute_kind)
             ("N_opt", pa.float64()),
             ("N_opt_low", pa.float64()),
             ("N_opt_high", pa.float64()),
@@ -226,8 +226,8 @@ EXTRAPOLATION = Dataset(
         [
             ("fit_id", pa.string()),
             ("cell_id", pa.string()),
-            ("compute", pa.float64()),  # in the fit's compute accounting (fits.compute_kind)
-            ("threshold_compute", pa.float64()),  # the smallest held-out compute
+            ("flops", pa.float64()),  # in the fit's compute accounting (fits.compute_kind)
+            ("threshold_flops", pa.float64()),  # the smallest held-out cell's FLOPs
             ("observed_loss", pa.float64()),  # in the fit's target (fits.target)
             ("predicted_loss", pa.float64()),
             ("relative_error", pa.float64()),  # (predicted - observed) / observed

@@ -142,8 +142,8 @@ def extrapolation_rows(
     return [
         {
             "cell_id": cell_id,
-            "compute": float(c),
-            "threshold_compute": float(compute[mask].min()),
+            "flops": float(c),
+            "threshold_flops": float(compute[mask].min()),
             "observed_loss": float(observed),
             "predicted_loss": float(p),
             "relative_error": float((p - observed) / observed),

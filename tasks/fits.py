@@ -9,7 +9,7 @@ import numpy as np
 from tasks import checks, laws
 
 PARAMS_COLUMN = {"nonembedding": "params_nonembedding", "total": "params_total"}
-COMPUTE_COLUMN = {"6nd": "compute_6nd", "with_attention": "compute_with_attention"}
+COMPUTE_COLUMN = {"6nd": "flops_6nd", "with_attention": "flops_with_attention"}
 TARGET_COLUMN = {"nats": "val_loss_nats", "bits_per_byte": "val_bits_per_byte"}
 
 
@@ -140,7 +140,7 @@ def _optimal_rows(points: SweepPoints, results: list[laws.FitResult]) -> list[di
     low, high = optimal.N_opt_ci or (np.full_like(optimal.N_opt, np.nan),) * 2
     return [
         {
-            "compute": float(c),
+            "flops": float(c),
             "N_opt": float(n),
             "N_opt_low": float(lo),
             "N_opt_high": float(hi),

@@ -181,7 +181,7 @@ def draw_compute_optimal(sweep: SweepFits, axes=None) -> Figure:
     rows = [r for r in sweep.isoflop if finite(r["n_opt"])]
     optimal = sweep.optimal
     exponent = checks.isoflop_exponent(sweep.isoflop) if sweep.isoflop else {"a": math.nan}
-    compute = [r["budget_flops"] for r in rows] + [r["compute"] for r in optimal]
+    compute = [r["budget_flops"] for r in rows] + [r["flops"] for r in optimal]
     for ax, axis in zip(axes, ("N", "D"), strict=True):
         key = "n_opt" if axis == "N" else "d_opt"
         if len(sweep.points.C):
@@ -208,7 +208,7 @@ def draw_compute_optimal(sweep: SweepFits, axes=None) -> Figure:
                 text += f" [{exponent['a_ci_low']:.3f}, {exponent['a_ci_high']:.3f}]"
             ax.plot(grid, np.exp(line[1]) * grid ** line[0], color="black", ls="--", lw=1.2, label=text)
         if optimal:
-            c = np.array([r["compute"] for r in optimal])
+            c = np.array([r["flops"] for r in optimal])
             n = np.array([r["N_opt"] for r in optimal])
             low = np.array([r["N_opt_low"] for r in optimal])
             high = np.array([r["N_opt_high"] for r in optimal])

@@ -168,7 +168,7 @@ def _optimal_lines(sweep: SweepFits) -> list[str]:
     for i in np.unique(np.linspace(0, len(sweep.optimal) - 1, 5).astype(int)):
         r = sweep.optimal[i]
         lines.append(
-            f"| {r['compute']:.3g} | {r['N_opt']:.3g} | {_range(r['N_opt_low'], r['N_opt_high'])} "
+            f"| {r['flops']:.3g} | {r['N_opt']:.3g} | {_range(r['N_opt_low'], r['N_opt_high'])} "
             f"| {r['D_opt']:.3g} | {r['tokens_per_param']:.3g} "
             f"| {r['loss']:.4f} |"
         )
@@ -194,7 +194,7 @@ def _extrapolation_lines(sweep: SweepFits) -> list[str]:
     lines = [
         "## Extrapolation check",
         "",
-        f"Fitted without the {len(rows)} held-out cells (C ≥ {rows[0]['threshold_compute']:.3g} FLOP), the "
+        f"Fitted without the {len(rows)} held-out cells (C ≥ {rows[0]['threshold_flops']:.3g} FLOP), the "
         f"Chinchilla form predicts them with mean |error| {mean_abs_error(rows):.2%} "
         f"(largest {max(abs(r['relative_error']) for r in rows):.2%}).",
         "",
@@ -203,7 +203,7 @@ def _extrapolation_lines(sweep: SweepFits) -> list[str]:
     ]
     for r in rows:
         lines.append(
-            f"| {str(r['cell_id'])[:10]} | {r['compute']:.3g} | {r['observed_loss']:.4f} "
+            f"| {str(r['cell_id'])[:10]} | {r['flops']:.3g} | {r['observed_loss']:.4f} "
             f"| {r['predicted_loss']:.4f} | {r['relative_error']:+.2%} |"
         )
     return [*lines, ""]

@@ -37,8 +37,8 @@ def rows() -> list[dict]:
                     "params_nonembedding": int(n),
                     "params_total": int(n) + 50_000,
                     "tokens_seen": d,
-                    "compute_6nd": 6.0 * n * d,
-                    "compute_with_attention": float(per_token(n)) * d,
+                    "flops_6nd": 6.0 * n * d,
+                    "flops_with_attention": float(per_token(n)) * d,
                     "val_loss_nats": loss * math.exp(rng.normal(0, 0.003)),
                     "val_bits_per_byte": loss,
                 }
@@ -64,7 +64,7 @@ def test_the_optimum_lies_on_the_fits_budgets_and_minimises_the_law_there(with_a
     p = chinchilla.params
     assert len(with_attention.optimal) == 24
     for row in with_attention.optimal:
-        c = row["compute"]
+        c = row["flops"]
         assert per_token(row["N_opt"]) * row["D_opt"] == pytest.approx(c, rel=1e-9)
 
         def loss_at(log_n: float, c: float = c) -> float:

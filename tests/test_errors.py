@@ -33,8 +33,8 @@ def product_rows(sizes=(1e6, 3e6, 1e7, 3e7), tokens=(1e8, 3e8, 1e9)) -> list[dic
                     "params_nonembedding": n,
                     "params_total": n,
                     "tokens_seen": d,
-                    "compute_6nd": 6 * n * d,
-                    "compute_with_attention": 7 * n * d,
+                    "flops_6nd": 6 * n * d,
+                    "flops_with_attention": 7 * n * d,
                     "val_loss_nats": loss,
                 }
             )

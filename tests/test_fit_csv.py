@@ -157,7 +157,7 @@ def test_optimal_table_is_the_closed_form_allocation(fit: Fit, tmp_path) -> None
     expected = laws.compute_optimal(
         laws.fit_chinchilla(runs["params"], runs["tokens"], runs["loss"]), [1e21, 1e23]
     )
-    assert [row["compute"] for row in record["optimal"]] == [1e21, 1e23]
+    assert [row["flops"] for row in record["optimal"]] == [1e21, 1e23]
     np.testing.assert_allclose([row["N_opt"] for row in record["optimal"]], expected.N_opt, rtol=1e-9)
     np.testing.assert_allclose([row["D_opt"] for row in record["optimal"]], expected.D_opt, rtol=1e-9)
     status, out, _ = fit("--csv", tmp_path / "runs.csv", "--optimal", "1e21", "--format", "csv")

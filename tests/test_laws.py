@@ -315,7 +315,7 @@ def test_extrapolation_check_predicts_held_out_large_runs(
 ) -> None:
     N, D, loss = chinchilla_runs
     threshold = 1e17
-    result = extrapolation_check(N, D, loss, threshold_compute=threshold)
+    result = extrapolation_check(N, D, loss, threshold_flops=threshold)
     held_out = threshold <= 6 * N * D
     assert result.n_train == int((~held_out).sum())
     assert len(result.relative_error) == int(held_out.sum())

@@ -50,7 +50,7 @@ def test_other_validation_messages() -> None:
     with pytest.raises(ValueError, match="bootstrap must be a non-negative integer"):
         fit_chinchilla(*grid_runs(), np.ones(36), bootstrap=-1)
     with pytest.raises(ValueError, match="pick a threshold between"):
-        extrapolation_check(*grid_runs(), np.ones(36), threshold_compute=1.0)
+        extrapolation_check(*grid_runs(), np.ones(36), threshold_flops=1.0)
     with pytest.raises(ValueError, match="empty inputs"):
         isoflop_optima([], [], [])
     with pytest.raises(ValueError, match="needs a chinchilla fit"):

@@ -35,7 +35,7 @@ def test_every_cell_is_ok_in_the_runs_table(smoke):
 def test_runs_hold_sizes_losses_and_timings(smoke):
     con = open_catalog(Store(smoke["store"]))
     rows = con.execute(
-        "select params_nonembedding, params_total, tokens_seen, compute_6nd, val_loss_nats,"
+        "select params_nonembedding, params_total, tokens_seen, flops_6nd, val_loss_nats,"
         " val_bits_per_byte, val_perplexity, tokens_per_second, epochs from runs"
     ).fetchall()
     assert len(rows) == SMOKE_CELLS
@@ -120,11 +120,11 @@ def test_the_verdict_distrusts_the_smoke_law_and_the_check_views_are_queryable(s
     assert {"cell_id", "observed_loss", "predicted_loss", "relative_error"} <= columns["extrapolation"]
     # a product grid holds out its largest-compute quarter, counted as the fit counts compute
     held_out = con.execute(
-        "select count(*), min(e.compute) from extrapolation e join runs r using (cell_id)"
-        " where e.compute = r.compute_6nd"
+        "select count(*), min(e.flops) from extrapolation e join runs r using (cell_id)"
+        " where e.flops = r.flops_6nd"
     ).fetchone()
     assert held_out[0] == 3
-    assert con.execute("select count(*) from runs where compute_6nd >= ?", [held_out[1]]).fetchone()[0] == 3
+    assert con.execute("select count(*) from runs where flops_6nd >= ?", [held_out[1]]).fetchone()[0] == 3
     rules = {
         row[0] for row in con.execute("select rule from verdict where severity = 'untrusted'").fetchall()
     }

@@ -177,8 +177,8 @@ def run_row(cell_id: str, n: int, d: int, status: str) -> dict:
         "params_total": 2 * n,
         "tokens_target": d,
         "tokens_seen": d,
-        "compute_6nd": 6.0 * n * d,
-        "compute_with_attention": 7.0 * n * d,
+        "flops_6nd": 6.0 * n * d,
+        "flops_with_attention": 7.0 * n * d,
         "val_loss_nats": loss,
         "finished_at": datetime.now(UTC),
     }

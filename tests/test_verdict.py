@@ -38,8 +38,8 @@ def isoflop_rows(budgets=BUDGETS, sizes_per_budget=5, spacing=2.0, truth=TRUTH, 
                         "params_nonembedding": n,
                         "params_total": n,
                         "tokens_seen": d,
-                        "compute_6nd": 6 * n * d,
-                        "compute_with_attention": 6 * n * d,
+                        "flops_6nd": 6 * n * d,
+                        "flops_with_attention": 6 * n * d,
                         "val_loss_nats": loss,
                         "val_bits_per_byte": loss / 2,
                     }
@@ -132,7 +132,7 @@ def test_the_isoflop_view_places_each_budgets_minimum_near_the_truth(clean):
         assert row["cells"] == 5 and row["interior"]
         assert row["n_opt_ci_low"] < row["n_opt"] < row["n_opt_ci_high"]
         assert abs(np.log(row["n_opt"] / (g * (budget / 6) ** a))) < 0.15
-    held_out = {r["compute"] for r in clean.extrapolation}
+    held_out = {r["flops"] for r in clean.extrapolation}
     assert len(clean.extrapolation) == 5 and min(held_out) > 0.9 * BUDGETS[-1]
 
 

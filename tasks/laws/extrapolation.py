@@ -47,15 +47,15 @@ def _parameter_rows(fit: FitResult, names: tuple[str, ...]) -> np.ndarray:
 
 
 def extrapolation_check(
-    N: ArrayLike, D: ArrayLike, loss: ArrayLike, *, threshold_compute: float, form: str = "chinchilla"
+    N: ArrayLike, D: ArrayLike, loss: ArrayLike, *, threshold_flops: float, form: str = "chinchilla"
 ) -> ExtrapolationResult:
-    """Fit ``form`` on runs with 6 N D below ``threshold_compute`` and predict the others."""
+    """Fit ``form`` on runs with 6 N D below ``threshold_flops`` and predict the others."""
     n, d, loss_values = _validated_columns("extrapolation_check", None, N=N, D=D, loss=loss)
     compute = FLOPS_PER_PARAM_TOKEN * n * d
-    train = compute < threshold_compute
+    train = compute < threshold_flops
     if train.all() or not train.any():
         raise ValueError(
-            f"threshold_compute={threshold_compute:g} leaves {int(train.sum())} training and "
+            f"threshold_flops={threshold_flops:g} leaves {int(train.sum())} training and "
             f"{int((~train).sum())} held-out runs; pick a threshold between {compute.min():g} "
             f"and {compute.max():g}."
         )
@@ -65,7 +65,7 @@ def extrapolation_check(
     relative_error = (predicted - observed) / observed
     return ExtrapolationResult(
         fit=result,
-        threshold_compute=float(threshold_compute),
+        threshold_flops=float(threshold_flops),
         n_train=int(train.sum()),
         held_out_compute=compute[~train],
         observed=observed,

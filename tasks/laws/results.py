@@ -90,10 +90,10 @@ class IsoFlopResult:
 
 @dataclass(frozen=True, eq=False)
 class ExtrapolationResult:
-    """Fit on runs below ``threshold_compute``, prediction of the runs at or above it."""
+    """Fit on runs below ``threshold_flops``, prediction of the runs at or above it."""
 
     fit: FitResult
-    threshold_compute: float
+    threshold_flops: float
     n_train: int
     held_out_compute: np.ndarray
     observed: np.ndarray
