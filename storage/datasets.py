@@ -8,9 +8,10 @@ these declarations, so a new table (or a new column) is a change to this file al
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 from storage.store import Store
 
 SCHEMA_VERSION = "1"
+Record = TypeVar("Record")
 
 
 class Kind:
@@ -43,8 +45,11 @@ class Dataset:
     schema: pa.Schema
     view: str | None = None
 
-    def write(self, rows: list[dict[str, Any]] | pa.Table, folder: Path) -> None:
-        """The rows as this dataset's file in an artifact folder being built."""
+    def write(self, rows: list[Any] | pa.Table, folder: Path, **same_in_every_row: Any) -> None:
+        """The rows (dicts or dataclass instances) as this dataset's file in an artifact folder being
+        built; `same_in_every_row`: columns the records do not hold, such as the artifact's id."""
+        if not isinstance(rows, pa.Table):
+            rows = [{**same_in_every_row, **_as_dict(row)} for row in rows]
         write_parquet(rows, self.schema, folder / self.file)
 
     def read(self, store: Store, fp: str, filters: Any = None, cached: bool = False) -> pa.Table:
@@ -55,9 +60,18 @@ class Dataset:
     def rows(self, store: Store, fp: str) -> list[dict[str, Any]]:
         return self.read(store, fp).to_pylist()
 
+    def records(self, store: Store, fp: str, record: type[Record]) -> list[Record]:
+        """The rows as instances of the dataclass `record`, from the columns it declares."""
+        names = [field.name for field in dataclasses.fields(record)]
+        return [record(**{name: row[name] for name in names}) for row in self.rows(store, fp)]
+
     def files(self, store: Store) -> list[str]:
         """The file of every complete artifact of the kind, as paths or URLs DuckDB can read."""
         return store.complete_files(self.kind, self.file)
+
+
+def _as_dict(row: Any) -> dict[str, Any]:
+    return dataclasses.asdict(row) if dataclasses.is_dataclass(row) else row
 
 
 def write_parquet(rows: list[dict[str, Any]] | pa.Table, schema: pa.Schema, where: Path | IO[bytes]) -> None:

@@ -30,13 +30,27 @@ class SweepPoints:
 
 
 @dataclass(frozen=True)
+class OptimalAllocation:
+    """The compute-optimal model size and data at one budget (Approach 3), with N_opt's 95% band from
+    the bootstrap (nan without one)."""
+
+    flops: float  # in the fit's compute accounting
+    N_opt: float
+    N_opt_low: float
+    N_opt_high: float
+    D_opt: float
+    tokens_per_param: float
+    loss: float
+
+
+@dataclass(frozen=True)
 class SweepFits:
     points: SweepPoints
     fits: list[laws.FitResult]
     skipped: dict[str, str]  # form -> why it was not fitted
-    optimal: list[dict]  # compute-optimal allocation by budget, with bands when bootstrapped
-    extrapolation: list[dict]  # held-out largest cells: observed against predicted loss
-    isoflop: list[dict]  # Chinchilla's Approach 2: per budget (or compute band), the parabola's N_opt
+    optimal: list[OptimalAllocation]  # by budget, with bands when bootstrapped
+    extrapolation: list[checks.HeldOutCell]  # held-out largest cells: observed against predicted loss
+    isoflop: list[checks.IsoflopProfile]  # Chinchilla's Approach 2: per budget (or compute band)
 
 
 def points_from_runs(
@@ -127,7 +141,7 @@ def flops_per_token(points: SweepPoints) -> laws.FlopsPerToken:
     return laws.flops_per_token_from_runs(points.N, points.D, points.C)
 
 
-def _optimal_rows(points: SweepPoints, results: list[laws.FitResult]) -> list[dict]:
+def _optimal_rows(points: SweepPoints, results: list[laws.FitResult]) -> list[OptimalAllocation]:
     chinchilla = next((f for f in results if f.form == "chinchilla"), None)
     if chinchilla is None or not (chinchilla.params["alpha"] > 0 and chinchilla.params["beta"] > 0):
         return []  # a fit without positive exponents has no finite optimum
@@ -139,15 +153,15 @@ def _optimal_rows(points: SweepPoints, results: list[laws.FitResult]) -> list[di
     optimal = laws.compute_optimal(chinchilla, budgets, flops)
     low, high = optimal.N_opt_ci or (np.full_like(optimal.N_opt, np.nan),) * 2
     return [
-        {
-            "flops": float(c),
-            "N_opt": float(n),
-            "N_opt_low": float(lo),
-            "N_opt_high": float(hi),
-            "D_opt": float(d),
-            "tokens_per_param": float(t),
-            "loss": float(loss),
-        }
+        OptimalAllocation(
+            flops=float(c),
+            N_opt=float(n),
+            N_opt_low=float(lo),
+            N_opt_high=float(hi),
+            D_opt=float(d),
+            tokens_per_param=float(t),
+            loss=float(loss),
+        )
         for c, n, lo, hi, d, t, loss in zip(
             optimal.compute,
             optimal.N_opt,
@@ -203,9 +217,9 @@ def fit_rows(fit_id: str, sweep: SweepFits) -> list[dict]:
 def load_sweep_fits(
     run_rows: list[dict],
     fit_table_rows: list[dict],
-    optimal: list[dict],
-    extrapolation: list[dict],
-    isoflop: list[dict],
+    optimal: list[OptimalAllocation],
+    extrapolation: list[checks.HeldOutCell],
+    isoflop: list[checks.IsoflopProfile],
 ) -> SweepFits:
     """Rebuild the fitted laws from the stored tables (estimates and intervals; no residuals)."""
     first = fit_table_rows[0]

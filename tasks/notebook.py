@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import textwrap
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -200,17 +200,17 @@ class RunsFit:
         return [f.form for f in self.sweep.fits]
 
     @property
-    def optimal(self) -> list[dict]:
+    def optimal(self) -> list[fits.OptimalAllocation]:
         """The compute-optimal allocation by budget (Approach 3), with bootstrap bands of N_opt."""
         return self.sweep.optimal
 
     @property
-    def isoflop(self) -> list[dict]:
+    def isoflop(self) -> list[checks.IsoflopProfile]:
         """Per budget (or compute band): the IsoFLOP parabola and its minimum (Approach 2)."""
         return self.sweep.isoflop
 
     @property
-    def extrapolation(self) -> list[dict]:
+    def extrapolation(self) -> list[checks.HeldOutCell]:
         """The held-out largest runs: observed against predicted loss."""
         return self.sweep.extrapolation
 
@@ -255,7 +255,7 @@ class RunsFit:
     def _isoflop_lines(self) -> list[str]:
         rows = self.sweep.isoflop
         a = checks.isoflop_exponent(rows) if rows else {"a": math.nan, "budgets": 0}
-        b = checks.isoflop_exponent([r | {"n_opt": r["d_opt"]} for r in rows]) if rows else a
+        b = checks.isoflop_exponent([replace(r, n_opt=r.d_opt) for r in rows]) if rows else a
         lines = [
             f"IsoFLOP minima (Approach 2, {a['budgets']} interior budgets): "
             f"N_opt ∝ C^{_exponent(a)}, D_opt ∝ C^{_exponent(b)}"
@@ -269,7 +269,7 @@ class RunsFit:
         rows = self.sweep.extrapolation
         if not rows:
             return "Held-out: no check (too few runs to fit without the largest-compute ones)"
-        errors = np.array([r["relative_error"] for r in rows])
+        errors = np.array([r.relative_error for r in rows])
         return (
             f"Held-out: fitted without its {len(rows)} largest-compute runs, the law misses them by "
             f"{np.mean(np.abs(errors)):.2%} (mean), worst {errors[np.argmax(np.abs(errors))]:+.2%}"

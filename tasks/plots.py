@@ -137,20 +137,18 @@ def draw_isoflop(sweep: SweepFits, ax=None) -> Figure:
     rows = sweep.isoflop if masks else []
     budgets = bool(masks) and checks.is_isoflop_design(points.N, points.C)
     for row, mask, colour in zip(rows, masks, _budget_colours(len(masks)), strict=True):
-        label = f"C {'=' if budgets else '≈'} {row['budget_flops']:.1e}"
-        label += "" if row["interior"] else " (no interior minimum)"
+        label = f"C {'=' if budgets else '≈'} {row.budget_flops:.1e}"
+        label += "" if row.interior else " (no interior minimum)"
         ax.scatter(points.N[mask], points.loss[mask], color=colour, label=label, zorder=3, s=22)
-        if finite(row["curvature"]):
-            x = np.linspace(math.log(row["n_min"]), math.log(row["n_max"]), 80)
-            u = x - row["log_n_centre"]
-            ax.plot(np.exp(x), row["curvature"] * u**2 + row["slope"] * u + row["intercept"], color=colour)
-        if finite(row["n_opt"]) and row["n_min"] / 2 < row["n_opt"] < row["n_max"] * 2:
-            low, high = row["n_opt_ci_low"], row["n_opt_ci_high"]
-            xerr = [[row["n_opt"] - low], [high - row["n_opt"]]] if finite(low) and finite(high) else None
+        if finite(row.curvature):
+            x = np.linspace(math.log(row.n_min), math.log(row.n_max), 80)
+            u = x - row.log_n_centre
+            ax.plot(np.exp(x), row.curvature * u**2 + row.slope * u + row.intercept, color=colour)
+        if finite(row.n_opt) and row.n_min / 2 < row.n_opt < row.n_max * 2:
+            low, high = row.n_opt_ci_low, row.n_opt_ci_high
+            xerr = [[row.n_opt - low], [high - row.n_opt]] if finite(low) and finite(high) else None
             style = {"fmt": "D", "color": colour, "ms": 7, "capsize": 3, "zorder": 4}
-            ax.errorbar(
-                row["n_opt"], row["loss_at_opt"], xerr=xerr, **style, mfc=colour if row["interior"] else "w"
-            )
+            ax.errorbar(row.n_opt, row.loss_at_opt, xerr=xerr, **style, mfc=colour if row.interior else "w")
     if not masks:
         _no_data(ax, "no IsoFLOP budgets")
     _log_axis(ax, "x", counts=True)
@@ -164,13 +162,13 @@ def draw_isoflop(sweep: SweepFits, ax=None) -> Figure:
     return figure
 
 
-def _approach2_line(rows: list[dict], key: str) -> tuple[float, float] | None:
+def _approach2_line(rows: list[checks.IsoflopProfile], key: str) -> tuple[float, float] | None:
     """(slope, intercept) of ln key against ln C over the budgets with an interior minimum."""
-    usable = [r for r in rows if r["interior"] and finite(r[key])]
+    usable = [r for r in rows if r.interior and finite(getattr(r, key))]
     if len(usable) < 2:
         return None
     slope, intercept = np.polyfit(
-        np.log([r["budget_flops"] for r in usable]), np.log([r[key] for r in usable]), 1
+        np.log([r.budget_flops for r in usable]), np.log([getattr(r, key) for r in usable]), 1
     )
     return float(slope), float(intercept)
 
@@ -178,28 +176,28 @@ def _approach2_line(rows: list[dict], key: str) -> tuple[float, float] | None:
 def draw_compute_optimal(sweep: SweepFits, axes=None) -> Figure:
     """N_opt and D_opt against C, into a pair of Axes."""
     figure, axes = _axes(axes, (11, 4.3), ncols=2)
-    rows = [r for r in sweep.isoflop if finite(r["n_opt"])]
+    rows = [r for r in sweep.isoflop if finite(r.n_opt)]
     optimal = sweep.optimal
     exponent = checks.isoflop_exponent(sweep.isoflop) if sweep.isoflop else {"a": math.nan}
-    compute = [r["budget_flops"] for r in rows] + [r["flops"] for r in optimal]
+    compute = [r.budget_flops for r in rows] + [r.flops for r in optimal]
     for ax, axis in zip(axes, ("N", "D"), strict=True):
         key = "n_opt" if axis == "N" else "d_opt"
         if len(sweep.points.C):
             ax.axvspan(sweep.points.C.min(), sweep.points.C.max(), color="grey", alpha=0.12, lw=0)
         for interior in (True, False):
-            chosen = [r for r in rows if bool(r["interior"]) == interior]
+            chosen = [r for r in rows if bool(r.interior) == interior]
             if not chosen:
                 continue
-            values = np.array([r[key] for r in chosen])
-            low = np.array([r["n_opt_ci_low"] for r in chosen])
-            high = np.array([r["n_opt_ci_high"] for r in chosen])
+            values = np.array([getattr(r, key) for r in chosen])
+            low = np.array([r.n_opt_ci_low for r in chosen])
+            high = np.array([r.n_opt_ci_high for r in chosen])
             if axis == "D":  # along a budget D ∝ 1/N: N's interval maps onto D's, reversed
-                n_opt = np.array([r["n_opt"] for r in chosen])
+                n_opt = np.array([r.n_opt for r in chosen])
                 low, high = values * n_opt / high, values * n_opt / low
             error = np.nan_to_num(np.array([values - low, high - values]))
             label = "Approach 2: IsoFLOP minima (95% CI)" if interior else "minimum not interior (unused)"
             style = {"fmt": "o", "color": "k", "mfc": "k" if interior else "w", "capsize": 3, "zorder": 4}
-            ax.errorbar([r["budget_flops"] for r in chosen], values, yerr=error, label=label, **style)
+            ax.errorbar([r.budget_flops for r in chosen], values, yerr=error, label=label, **style)
         line = _approach2_line(sweep.isoflop, key)
         if line is not None:
             grid = np.geomspace(min(compute), max(compute), 50)
@@ -208,11 +206,11 @@ def draw_compute_optimal(sweep: SweepFits, axes=None) -> Figure:
                 text += f" [{exponent['a_ci_low']:.3f}, {exponent['a_ci_high']:.3f}]"
             ax.plot(grid, np.exp(line[1]) * grid ** line[0], color="black", ls="--", lw=1.2, label=text)
         if optimal:
-            c = np.array([r["flops"] for r in optimal])
-            n = np.array([r["N_opt"] for r in optimal])
-            low = np.array([r["N_opt_low"] for r in optimal])
-            high = np.array([r["N_opt_high"] for r in optimal])
-            values = n if axis == "N" else np.array([r["D_opt"] for r in optimal])
+            c = np.array([r.flops for r in optimal])
+            n = np.array([r.N_opt for r in optimal])
+            low = np.array([r.N_opt_low for r in optimal])
+            high = np.array([r.N_opt_high for r in optimal])
+            values = n if axis == "N" else np.array([r.D_opt for r in optimal])
             if axis == "D":  # along a budget of the fit's accounting, D = C / f(N)
                 per_token = flops_per_token(sweep.points)
                 low, high = c / per_token(high), c / per_token(low)
@@ -269,7 +267,7 @@ def draw_contours(sweep: SweepFits, ax=None) -> Figure:
         where["bbox"] = {"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.8, "lw": 0}
         ax.annotate(f"{flops:.2g}", (points.N[largest], points.D[largest]), fontsize=7, **where)
     if sweep.optimal:
-        frontier = np.array([[r["N_opt"], r["D_opt"]] for r in sweep.optimal]).T
+        frontier = np.array([[r.N_opt, r.D_opt] for r in sweep.optimal]).T
         ax.plot(*frontier, color="crimson", lw=2, label="efficient frontier (compute-optimal N, D)")
     ax.set_xlim(*n_range)
     ax.set_ylim(*d_range)
@@ -303,16 +301,16 @@ def draw_extrapolation(sweep: SweepFits, ax=None) -> Figure:
     figure, ax = _axes(ax, (5.5, 5))
     rows = sweep.extrapolation
     if rows:
-        observed = np.array([r["observed_loss"] for r in rows])
-        predicted = np.array([r["predicted_loss"] for r in rows])
-        error = np.mean(np.abs([r["relative_error"] for r in rows]))
+        observed = np.array([r.observed_loss for r in rows])
+        predicted = np.array([r.predicted_loss for r in rows])
+        error = np.mean(np.abs([r.relative_error for r in rows]))
         low = min(observed.min(), predicted.min()) * (1 - 2 * TOLERANCE)
         high = max(observed.max(), predicted.max()) * (1 + 2 * TOLERANCE)
         line = np.array([low, high])
         ax.plot(line, line, color="black", lw=1, label="predicted = observed")
         ax.plot(line, line * (1 + TOLERANCE), color="grey", ls="--", lw=1, label=f"±{TOLERANCE:.0%}")
         ax.plot(line, line * (1 - TOLERANCE), color="grey", ls="--", lw=1)
-        n = np.array([sweep.points.N[sweep.points.cell_ids.index(r["cell_id"])] for r in rows])
+        n = np.array([sweep.points.N[sweep.points.cell_ids.index(r.cell_id)] for r in rows])
         scatter = ax.scatter(
             observed, predicted, c=n, cmap="viridis", norm=_log_norm(n), zorder=3, edgecolors="k"
         )

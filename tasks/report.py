@@ -168,9 +168,9 @@ def _optimal_lines(sweep: SweepFits) -> list[str]:
     for i in np.unique(np.linspace(0, len(sweep.optimal) - 1, 5).astype(int)):
         r = sweep.optimal[i]
         lines.append(
-            f"| {r['flops']:.3g} | {r['N_opt']:.3g} | {_range(r['N_opt_low'], r['N_opt_high'])} "
-            f"| {r['D_opt']:.3g} | {r['tokens_per_param']:.3g} "
-            f"| {r['loss']:.4f} |"
+            f"| {r.flops:.3g} | {r.N_opt:.3g} | {_range(r.N_opt_low, r.N_opt_high)} "
+            f"| {r.D_opt:.3g} | {r.tokens_per_param:.3g} "
+            f"| {r.loss:.4f} |"
         )
     return [*lines, ""]
 
@@ -182,8 +182,8 @@ def _interval(fit, name: str, fmt: str = ".3g") -> str:
     return f"{low:{fmt}} .. {high:{fmt}}"
 
 
-def mean_abs_error(rows: list[dict]) -> float:
-    return float(np.mean(np.abs([r["relative_error"] for r in rows]))) if rows else math.nan
+def mean_abs_error(rows: list[checks.HeldOutCell]) -> float:
+    return float(np.mean(np.abs([r.relative_error for r in rows]))) if rows else math.nan
 
 
 def _extrapolation_lines(sweep: SweepFits) -> list[str]:
@@ -194,17 +194,17 @@ def _extrapolation_lines(sweep: SweepFits) -> list[str]:
     lines = [
         "## Extrapolation check",
         "",
-        f"Fitted without the {len(rows)} held-out cells (C ≥ {rows[0]['threshold_flops']:.3g} FLOP), the "
+        f"Fitted without the {len(rows)} held-out cells (C ≥ {rows[0].threshold_flops:.3g} FLOP), the "
         f"Chinchilla form predicts them with mean |error| {mean_abs_error(rows):.2%} "
-        f"(largest {max(abs(r['relative_error']) for r in rows):.2%}).",
+        f"(largest {max(abs(r.relative_error) for r in rows):.2%}).",
         "",
         f"| cell | compute (FLOP) | observed loss {unit} | predicted loss | relative error |",
         "| --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
-            f"| {str(r['cell_id'])[:10]} | {r['flops']:.3g} | {r['observed_loss']:.4f} "
-            f"| {r['predicted_loss']:.4f} | {r['relative_error']:+.2%} |"
+            f"| {str(r.cell_id)[:10]} | {r.flops:.3g} | {r.observed_loss:.4f} "
+            f"| {r.predicted_loss:.4f} | {r.relative_error:+.2%} |"
         )
     return [*lines, ""]
 
@@ -243,11 +243,11 @@ def _isoflop_lines(sweep: SweepFits) -> list[str]:
     ]
     for g in sweep.isoflop:
         lines.append(
-            f"| {g['budget_flops']:.3g} | {g['cells']} | {g['n_min']:.3g} .. {g['n_max']:.3g} "
-            f"| {_number(g['n_opt'], '.3g')} | {_range(g['n_opt_ci_low'], g['n_opt_ci_high'])} "
-            f"| {_number(g['d_opt'], '.3g')} "
-            f"| {_number(g['loss_at_opt'])} | {'yes' if g['interior'] else 'no'} "
-            f"| {_cell(g.get('note') or '')} |"
+            f"| {g.budget_flops:.3g} | {g.cells} | {g.n_min:.3g} .. {g.n_max:.3g} "
+            f"| {_number(g.n_opt, '.3g')} | {_range(g.n_opt_ci_low, g.n_opt_ci_high)} "
+            f"| {_number(g.d_opt, '.3g')} "
+            f"| {_number(g.loss_at_opt)} | {'yes' if g.interior else 'no'} "
+            f"| {_cell(g.note)} |"
         )
     return [*lines, ""]
 

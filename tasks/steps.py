@@ -334,9 +334,9 @@ def fit_laws(
         judged = verdict.judge(sweep)
         datasets.FITS.write(fits.fit_rows(fp, sweep), out)
         datasets.OPTIMAL.write(sweep.optimal, out)
-        datasets.EXTRAPOLATION.write([{"fit_id": fp, **r} for r in sweep.extrapolation], out)
-        datasets.ISOFLOP.write([{"fit_id": fp, **r} for r in sweep.isoflop], out)
-        datasets.VERDICT.write([{"fit_id": fp, **vars(f)} for f in judged.findings], out)
+        datasets.EXTRAPOLATION.write(sweep.extrapolation, out, fit_id=fp)
+        datasets.ISOFLOP.write(sweep.isoflop, out, fit_id=fp)
+        datasets.VERDICT.write(judged.findings, out, fit_id=fp)
         return {
             "laws": {f.form: fits.law_text(f) for f in sweep.fits},
             "skipped": sweep.skipped,
@@ -353,16 +353,18 @@ def write_report(store: str, sweep_name: str, cell_ids: list[str], fits_fp: str)
     params = dict(locals())
 
     def build(out: Path, fp: str) -> Record:
-        from tasks import fits, report, verdict  # matplotlib and scipy, only where a report is drawn
+        from tasks import checks, fits, report, verdict  # matplotlib and scipy, only where drawn
 
-        rows = cell_rows(Store(store), cell_ids)
-        fits_tables = (datasets.FITS, datasets.OPTIMAL, datasets.EXTRAPOLATION, datasets.ISOFLOP)
-        stored = fits.load_sweep_fits(rows, *(table.rows(Store(store), fits_fp) for table in fits_tables))
-        findings = [
-            verdict.Finding(**{k: v for k, v in r.items() if k != "fit_id"})
-            for r in datasets.VERDICT.rows(Store(store), fits_fp)
-        ]
-        markdown = report.render_report(sweep_name, stored, verdict.Verdict(tuple(findings)), rows, out)
+        rows, stored = cell_rows(Store(store), cell_ids), Store(store)
+        sweep = fits.load_sweep_fits(
+            rows,
+            datasets.FITS.rows(stored, fits_fp),
+            datasets.OPTIMAL.records(stored, fits_fp, fits.OptimalAllocation),
+            datasets.EXTRAPOLATION.records(stored, fits_fp, checks.HeldOutCell),
+            datasets.ISOFLOP.records(stored, fits_fp, checks.IsoflopProfile),
+        )
+        findings = datasets.VERDICT.records(stored, fits_fp, verdict.Finding)
+        markdown = report.render_report(sweep_name, sweep, verdict.Verdict(tuple(findings)), rows, out)
         (out / "report.md").write_text(markdown)
         return {"path": Store(store).url(Kind.REPORTS, fp, "report.md"), "markdown": markdown}
 

@@ -145,20 +145,20 @@ def _intervals(chinchilla) -> list[Finding]:
 
 def _isoflop_edges(sweep: SweepFits) -> list[Finding]:
     rows = sweep.isoflop
-    interior = sum(r["interior"] for r in rows)
+    interior = sum(r.interior for r in rows)
     severity = UNTRUSTED if interior < MIN_INTERIOR_BUDGETS else CAUTION
     found = []
     for r in rows:
-        if r["interior"]:
+        if r.interior:
             continue
-        side = "larger" if math.isfinite(r["n_opt"]) and r["n_opt"] >= r["n_max"] else "smaller"
-        where = f"at N = {r['n_opt']:.3g}" if math.isfinite(r["n_opt"]) else "nowhere"
+        side = "larger" if math.isfinite(r.n_opt) and r.n_opt >= r.n_max else "smaller"
+        where = f"at N = {r.n_opt:.3g}" if math.isfinite(r.n_opt) else "nowhere"
         found.append(
             Finding(
                 "isoflop_edge",
                 severity,
-                f"The IsoFLOP minimum of budget {r['budget_flops']:.3g} FLOPs lies {where}, not inside "
-                f"its sampled sizes {r['n_min']:.3g} .. {r['n_max']:.3g} ({interior} of {len(rows)} "
+                f"The IsoFLOP minimum of budget {r.budget_flops:.3g} FLOPs lies {where}, not inside "
+                f"its sampled sizes {r.n_min:.3g} .. {r.n_max:.3g} ({interior} of {len(rows)} "
                 "budgets are).",
                 f"add {side} model sizes at that budget",
             )
@@ -178,7 +178,7 @@ def _isoflop_edges(sweep: SweepFits) -> list[Finding]:
 def _extrapolation(sweep: SweepFits) -> list[Finding]:
     if not sweep.extrapolation:
         return [Finding("extrapolation", CAUTION, "No extrapolation check could be made.", _MORE)]
-    errors = np.array([r["relative_error"] for r in sweep.extrapolation])
+    errors = np.array([r.relative_error for r in sweep.extrapolation])
     mean_error = float(np.mean(np.abs(errors)))
     if mean_error <= MAX_EXTRAPOLATION_ERROR:
         return []

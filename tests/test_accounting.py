@@ -64,8 +64,8 @@ def test_the_optimum_lies_on_the_fits_budgets_and_minimises_the_law_there(with_a
     p = chinchilla.params
     assert len(with_attention.optimal) == 24
     for row in with_attention.optimal:
-        c = row["flops"]
-        assert per_token(row["N_opt"]) * row["D_opt"] == pytest.approx(c, rel=1e-9)
+        c = row.flops
+        assert per_token(row.N_opt) * row.D_opt == pytest.approx(c, rel=1e-9)
 
         def loss_at(log_n: float, c: float = c) -> float:
             n = math.exp(log_n)
@@ -74,9 +74,9 @@ def test_the_optimum_lies_on_the_fits_budgets_and_minimises_the_law_there(with_a
         best = minimize_scalar(
             loss_at, bounds=(0.0, math.log(c / 6)), method="bounded", options={"xatol": 1e-10}
         )
-        assert row["N_opt"] == pytest.approx(math.exp(best.x), rel=1e-5)
-        assert row["loss"] == pytest.approx(best.fun, rel=1e-9)
-        assert row["N_opt_low"] < row["N_opt"] < row["N_opt_high"]
+        assert row.N_opt == pytest.approx(math.exp(best.x), rel=1e-5)
+        assert row.loss == pytest.approx(best.fun, rel=1e-9)
+        assert row.N_opt_low < row.N_opt < row.N_opt_high
 
 
 def test_n_and_c_counted_differently_give_no_allocation_and_say_why():

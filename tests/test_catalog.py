@@ -3,6 +3,8 @@ and shows exactly the declared columns, on an empty store and on one with files.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pyarrow.parquet as pq
 
 from storage import datasets
@@ -76,3 +78,34 @@ def test_a_filtered_read_returns_only_the_matching_rows(tmp_path):
     publish(store, datasets.DOCS, "c1", docs)
     val = datasets.DOCS.read(store, "c1", filters=[("split", "=", "val")], cached=True)
     assert val.column("doc_id").to_pylist() == ["b"]
+
+
+def test_each_typed_record_is_its_datasets_row_and_reads_back_equal(tmp_path):
+    """The fits task writes dataclasses and the report reads them back: a field added to one side and
+    not the other would be dropped on write (or fail on read) without this."""
+    from tasks.checks import HeldOutCell, IsoflopProfile
+    from tasks.fits import OptimalAllocation
+    from tasks.verdict import Finding
+
+    store = Store(tmp_path)
+    records = {
+        datasets.ISOFLOP: IsoflopProfile(
+            1e12, 5, 1e5, 1e6, 3e5, 2e5, 4e5, 5e6, 3.0, True, 12.0, 0.1, -0.01, 3.0, "ok"
+        ),
+        datasets.EXTRAPOLATION: HeldOutCell("c1", 2e12, 1.5e12, 3.1, 3.0, -0.03),
+        datasets.OPTIMAL: OptimalAllocation(1e13, 2e5, 1e5, 4e5, 8e6, 40.0, 2.9),
+        datasets.VERDICT: Finding("span", "caution", "N spans 3x", "add N"),
+    }
+    for dataset, record in records.items():
+        declared = [name for name in dataset.schema.names if name != "fit_id"]
+        assert [field.name for field in dataclasses.fields(record)] == declared, dataset.file
+
+    def build(out):
+        for dataset, record in records.items():
+            dataset.write([record], out, **({"fit_id": "f1"} if "fit_id" in dataset.schema.names else {}))
+        return {"status": "ok"}
+
+    store.publish(datasets.Kind.FITS, "f1", build)
+    for dataset, record in records.items():
+        assert dataset.records(store, "f1", type(record)) == [record]
+    assert datasets.ISOFLOP.rows(store, "f1")[0]["fit_id"] == "f1"

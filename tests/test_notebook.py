@@ -49,8 +49,8 @@ def test_the_fit_recovers_the_law_and_its_isoflop_exponent(fitted):
     assert law.ci_low["alpha"] < TRUTH["alpha"] < law.ci_high["alpha"]
     assert law.samples is not None and len(law.samples) == 200
     assert {"chinchilla", "power_law_N", "power_law_D", "power_law_C"} <= set(fitted.forms)
-    assert len(fitted.isoflop) == len(BUDGETS) and all(r["interior"] for r in fitted.isoflop)
-    n_opt = np.log([r["n_opt"] for r in fitted.isoflop])
+    assert len(fitted.isoflop) == len(BUDGETS) and all(r.interior for r in fitted.isoflop)
+    n_opt = np.log([r.n_opt for r in fitted.isoflop])
     slope = np.polyfit(np.log(BUDGETS), n_opt, 1)[0]
     assert slope == pytest.approx(A_OPT, abs=0.03)
     assert len(fitted.extrapolation) == 5  # the largest budget held out

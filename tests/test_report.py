@@ -141,10 +141,10 @@ def test_the_extrapolation_section_reports_the_rows_mean_error(sweep_and_rows, t
     sweep, rows = sweep_and_rows
     markdown = report.render_report("synthetic", sweep, Verdict(True, "Fine."), rows, tmp_path)
     section = markdown.split("## Extrapolation check", 1)[1].split("\n## ", 1)[0]
-    expected = np.mean([abs(r["relative_error"]) for r in sweep.extrapolation])
+    expected = np.mean([abs(r.relative_error) for r in sweep.extrapolation])
     assert f"mean |error| {expected:.2%}" in section
     for row in sweep.extrapolation:
-        assert f"{row['relative_error']:+.2%}" in section
+        assert f"{row.relative_error:+.2%}" in section
 
 
 def test_the_isoflop_section_gives_both_approaches_exponents(sweep_and_rows, tmp_path):

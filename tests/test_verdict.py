@@ -69,7 +69,7 @@ def test_a_clean_sweep_is_trustworthy(clean):
     verdict = judge(clean)
     assert verdict.findings == (), verdict.findings
     assert verdict.trustworthy and verdict.headline.startswith("Trustworthy")
-    assert sum(r["interior"] for r in clean.isoflop) == 4
+    assert sum(r.interior for r in clean.isoflop) == 4
 
 
 def test_a_narrow_grid_spans_too_few_decades():
@@ -99,7 +99,7 @@ def test_a_fit_without_intervals_cannot_be_judged_on_them(clean):
 
 
 def test_minima_outside_the_sampled_sizes(clean):
-    edge = [r | {"interior": False, "n_opt": r["n_max"] * 2} for r in clean.isoflop[:2]]
+    edge = [dataclasses.replace(r, interior=False, n_opt=r.n_max * 2) for r in clean.isoflop[:2]]
     verdict = judge(dataclasses.replace(clean, isoflop=edge + clean.isoflop[2:]))
     findings = [f for f in verdict.findings if f.rule == "isoflop_edge"]
     assert len(findings) == 2 and all(f.severity == UNTRUSTED for f in findings)  # only 2 of 4 interior
@@ -107,7 +107,7 @@ def test_minima_outside_the_sampled_sizes(clean):
 
 
 def test_a_law_that_misses_the_held_out_budget(clean):
-    missed = [r | {"relative_error": 0.05} for r in clean.extrapolation]
+    missed = [dataclasses.replace(r, relative_error=0.05) for r in clean.extrapolation]
     assert "extrapolation" in rules(judge(dataclasses.replace(clean, extrapolation=missed)), UNTRUSTED)
 
 
@@ -129,10 +129,10 @@ def test_the_isoflop_view_places_each_budgets_minimum_near_the_truth(clean):
     a = TRUTH["beta"] / (TRUTH["alpha"] + TRUTH["beta"])
     g = (TRUTH["alpha"] * TRUTH["A"] / (TRUTH["beta"] * TRUTH["B"])) ** (1 / (TRUTH["alpha"] + TRUTH["beta"]))
     for row, budget in zip(clean.isoflop, BUDGETS, strict=True):
-        assert row["cells"] == 5 and row["interior"]
-        assert row["n_opt_ci_low"] < row["n_opt"] < row["n_opt_ci_high"]
-        assert abs(np.log(row["n_opt"] / (g * (budget / 6) ** a))) < 0.15
-    held_out = {r["flops"] for r in clean.extrapolation}
+        assert row.cells == 5 and row.interior
+        assert row.n_opt_ci_low < row.n_opt < row.n_opt_ci_high
+        assert abs(np.log(row.n_opt / (g * (budget / 6) ** a))) < 0.15
+    held_out = {r.flops for r in clean.extrapolation}
     assert len(clean.extrapolation) == 5 and min(held_out) > 0.9 * BUDGETS[-1]
 
 
