@@ -3,31 +3,98 @@
     python bench/bench_orchestration.py [--preset default] [--store DIR]
 
 Runs the preset into a fresh store through the CLI, then again (everything complete), and prints:
-the first run's wall time, the sum of the cells' training seconds divided by the workers (the ideal
-wall time of the training alone), the overhead as a share of the wall time, where that overhead went
-(from the times the store's artifacts were published), and the rerun's wall time.
+the first run's wall time, the seconds of training (trunks and cells) divided by the workers (the
+ideal wall time of the training alone), the overhead as a share of the wall time, the seconds of each stage
+(from the times the store's artifacts were published), the mean number of busy cores during the cell
+phase (from the CPU times of the run's processes, sampled twice a second), and the rerun's wall time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+
+import numpy as np
+import psutil
 
 from flows.spec import load_spec
 from storage.catalog import open_catalog
 from storage.store import COMPLETE_MARKER, Store
 
+SAMPLE_SECONDS = 0.5
 
-def timed_run(preset: str, store: Path) -> float:
+
+class CpuSampler:
+    """The CPU seconds a process and all its descendants have used, sampled over wall-clock time.
+
+    A process's last sample stands for it once it has exited, so up to SAMPLE_SECONDS of each
+    short-lived process's time can be missed."""
+
+    def __init__(self, pid: int) -> None:
+        self.root = psutil.Process(pid)
+        self.cpu_by_pid: dict[int, float] = {}
+        self.samples: list[tuple[float, float]] = []  # (wall-clock time, CPU seconds so far)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.done.wait(SAMPLE_SECONDS):
+            try:
+                processes = [self.root, *self.root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            for process in processes:
+                try:
+                    times = process.cpu_times()
+                    self.cpu_by_pid[process.pid] = times.user + times.system
+                except psutil.NoSuchProcess:
+                    continue
+            self.samples.append((time.time(), sum(self.cpu_by_pid.values())))
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def busy_cores(self, start: float, end: float) -> float:
+        """Mean number of cores busy between two wall-clock times."""
+        wall, cpu = np.array(self.samples).T
+        return float((np.interp(end, wall, cpu) - np.interp(start, wall, cpu)) / (end - start))
+
+
+def timed_run(preset: str, store: Path) -> tuple[float, CpuSampler]:
     started = time.perf_counter()
     command = [sys.executable, "-m", "flows.cli", "run", "--preset", preset, "--store", str(store)]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - started
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    sampler = CpuSampler(process.pid)
+    if process.wait() != 0:
+        raise SystemExit(f"{' '.join(command)} failed with exit status {process.returncode}")
+    sampler.stop()
+    return time.perf_counter() - started, sampler
+
+
+def training_seconds(store: Path) -> tuple[int, float, float]:
+    """Cells, the seconds of training the sweep did, and the longest training. A WSD cell's
+    `train_seconds` include its trunk's up to the branch point; the trunk trained those once, so
+    they count once: the trunks' seconds, plus each cell's share past its branch (its seconds in
+    proportion to its tokens, one model and batch throughout)."""
+    cells, own_seconds, slowest = (
+        open_catalog(Store(store))
+        .execute(
+            "select count(*), sum(train_seconds * (1 - coalesce(branch_tokens, 0) / tokens_seen)),"
+            " max(train_seconds) from runs"
+        )
+        .fetchone()
+    )
+    trunks = [json.loads(path.read_text()) for path in store.glob(f"trunks/*/{COMPLETE_MARKER}")]
+    return cells, own_seconds + sum(trunk["train_seconds"] for trunk in trunks), slowest
 
 
 def published(store: Path, kind: str) -> list[float]:
@@ -45,32 +112,32 @@ def main() -> None:
     workers = load_spec(args.preset).execution.workers
 
     started = time.time()
-    first = timed_run(args.preset, store)
+    first, sampler = timed_run(args.preset, store)
     ended = started + first
-    cells, train_seconds, slowest = (
-        open_catalog(Store(store))
-        .execute("select count(*), sum(train_seconds), max(train_seconds) from runs")
-        .fetchone()
-    )
-    prepared, cells_done, reported = (
-        published(store, "tokens")[-1],
-        published(store, "cells"),
-        published(store, "reports")[-1],
-    )
-    rerun = timed_run(args.preset, store)
+    cells, train_seconds, slowest = training_seconds(store)
+    stages = {
+        "corpus": published(store, "clean")[-1],
+        "vocabulary": published(store, "vocab")[-1],
+        "tokens": published(store, "tokens")[-1],
+        "cells": published(store, "cells")[-1],
+        "fits": published(store, "fits")[-1],
+        "report": published(store, "reports")[-1],
+        "exit": ended,
+    }
+    rerun, _ = timed_run(args.preset, store)
     ideal = train_seconds / workers
     overhead = first - ideal
-    print(f"preset {args.preset}: {cells} cells, {workers} workers")
+    print(f"preset {args.preset}: {cells} cells, {workers} workers, {psutil.cpu_count()} cores")
     print(f"first run wall time           {first:8.1f} s")
-    print(f"cell training time / workers  {ideal:8.1f} s (sum {train_seconds:.1f} s, max {slowest:.1f} s)")
+    print(f"training time / workers       {ideal:8.1f} s (sum {train_seconds:.1f} s, max {slowest:.1f} s)")
     print(f"orchestration overhead        {overhead:8.1f} s = {overhead / first:.1%} of the wall time")
-    print(f"  start, corpus, vocabulary, tokens   {prepared - started:8.1f} s")
-    print(
-        f"  cells (first to last published)     {cells_done[-1] - prepared:8.1f} s, of which training "
-        f"{ideal:.1f} s; the rest is evaluation, saving, samples, worker start and idle workers"
-    )
-    print(f"  fits and report                     {reported - cells_done[-1]:8.1f} s")
-    print(f"  exit                                {ended - reported:8.1f} s")
+    previous = started
+    for stage, finished in stages.items():
+        label = "start, then the corpus" if stage == "corpus" else stage
+        print(f"  {label:<34}{finished - previous:8.1f} s")
+        previous = finished
+    cell_phase = (stages["tokens"], stages["cells"])
+    print(f"busy cores during the cells   {sampler.busy_cores(*cell_phase):8.2f} (mean over the phase)")
     print(f"rerun, all cells complete     {rerun:8.1f} s = {rerun / first:.1%} of the first run")
 
 
