@@ -72,17 +72,19 @@ def cell_plans(spec: SweepSpec, vocab_size: int, train_tokens: int, val_tokens: 
 
 
 def grid_points(spec: SweepSpec, vocab_size: int, train_tokens: int) -> list[tuple[int | ModelShape, int]]:
-    """The grid's (model size, D) pairs: the product of sizes and tokens, or each budget's profile."""
+    """The grid's (model size, D) pairs: the product of sizes and tokens, or each budget's profile, and
+    then `grid.extra_cells`."""
     grid = spec.grid
     if grid.budgets is None:
         points = [(size, tokens) for size in grid.model_sizes for tokens in grid.tokens]
-        for _, tokens in points:
-            _check_epochs(spec, tokens, train_tokens)
-        return points
-    points = {}
-    for budget in grid.budgets:
-        points |= dict.fromkeys(isoflop_points(spec, budget, vocab_size, train_tokens))
-    return list(points)
+    else:
+        points = [
+            p for budget in grid.budgets for p in isoflop_points(spec, budget, vocab_size, train_tokens)
+        ]
+    extra = [(cell.model_size, cell.tokens) for cell in grid.extra_cells]
+    for _, tokens in (points if grid.budgets is None else []) + extra:
+        _check_epochs(spec, tokens, train_tokens)
+    return list(dict.fromkeys(points + extra))
 
 
 def isoflop_points(
@@ -177,8 +179,10 @@ def tokens_params(store: str, corpus_fp: str, vocab_fp: str) -> dict:
 
 
 def sweep_id(spec: SweepSpec) -> str:
-    """A sweep's id: its spec less where and how it runs."""
-    return fingerprint("sweep", spec.model_dump(exclude={"execution"}))
+    """A sweep's id: its spec less where and how it runs (and less an empty `grid.extra_cells`, so that
+    sweeps keep the ids they had before extra cells existed)."""
+    excluded: dict = {"execution": True} | ({} if spec.grid.extra_cells else {"grid": {"extra_cells"}})
+    return fingerprint("sweep", spec.model_dump(exclude=excluded))
 
 
 def fit_params(store: str, cell_ids: list[str], **fit_options: object) -> dict:

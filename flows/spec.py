@@ -45,6 +45,16 @@ class VocabSpec(_Strict):
     size: Annotated[int, Field(ge=260, le=65535)] = Field(4096, description="Byte-level BPE vocabulary size.")
 
 
+class ExtraCell(_Strict):
+    """One cell beyond the grid's product or IsoFLOP profiles (one per seed), such as `scalelaw
+    suggest` proposes; it changes no other cell's id."""
+
+    model_size: Annotated[int, Field(ge=1000, le=MAX_MODEL_PARAMS)] | ModelShape = Field(
+        description="Target non-embedding parameter count, or an explicit shape."
+    )
+    tokens: Annotated[int, Field(ge=1)] = Field(description="Training tokens D.")
+
+
 class GridSpec(_Strict):
     """The cells: the product of `model_sizes` and `tokens`, or IsoFLOP profiles, one per compute budget:
     `models_per_budget` consecutive ladder sizes around the expected optimum, each trained on the
@@ -73,6 +83,9 @@ class GridSpec(_Strict):
         20.0,
         description="With budgets: the expected compute-optimal D/N (N as fit.params_kind counts it); "
         "each budget's sizes are centred on the size nearest this ratio.",
+    )
+    extra_cells: list[ExtraCell] = Field(
+        [], description="Cells added to the grid's, e.g. those `scalelaw suggest` proposes."
     )
     seeds: list[int] = Field([0], min_length=1)
     allow_repeated_epochs: bool = Field(
@@ -245,7 +258,7 @@ class SweepSpec(_Strict):
 
     @model_validator(mode="after")
     def _grid_fits_context(self) -> SweepSpec:
-        for tokens in self.grid.tokens or []:
+        for tokens in [*(self.grid.tokens or []), *(cell.tokens for cell in self.grid.extra_cells)]:
             if tokens < self.train.context:
                 raise ValueError(
                     f"grid.tokens value {tokens} is smaller than one context window "
