@@ -125,6 +125,35 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format")
     fit.set_defaults(command=_fit)
 
+    suggest = commands.add_parser(
+        "suggest",
+        help="propose the cells to train next: those that most narrow N_opt's interval per FLOP",
+        description="From a sweep's fit and its bootstrap, propose new cells within a FLOP budget that "
+        "most narrow the interval of N_opt (or of the loss) at a target compute, and write the spec that "
+        "extends the sweep with them; --loop also trains them, refits and repeats.",
+    )
+    _add_spec_options(suggest)
+    suggest.add_argument(
+        "--flops", type=float, help="FLOPs the new cells may cost in all (default: 1/4 of the sweep's)"
+    )
+    suggest.add_argument(
+        "--target-compute",
+        type=float,
+        help="compute C where N_opt matters, in FLOPs (default: 100x the largest cell)",
+    )
+    suggest.add_argument("--cells", type=int, default=8, help="most cells to propose (default: 8)")
+    suggest.add_argument(
+        "--objective", choices=["n_opt", "loss_at_target"], default="n_opt", help="whose interval to narrow"
+    )
+    suggest.add_argument(
+        "--loop", type=int, default=0, metavar="ROUNDS", help="suggest, train, refit ROUNDS times"
+    )
+    suggest.add_argument(
+        "--bootstrap", type=int, help="bootstrap refits (default: the spec's fit.bootstrap, or 200)"
+    )
+    suggest.add_argument("--output", type=Path, help="the extended spec (default: <sweep>-suggested.yaml)")
+    suggest.set_defaults(command=_suggest)
+
     serve = commands.add_parser(
         "serve",
         help="serve the deployments (sweep, refit, nightly resume) with a Prefect UI on 127.0.0.1",
@@ -245,6 +274,26 @@ def _status(args: argparse.Namespace) -> int:
     for cell in cells:
         if cell.error:
             console.print(f"  {cell.cell_id}: {cell.state}: {cell.error}", highlight=False)
+    return 0
+
+
+def _suggest(args: argparse.Namespace) -> int:
+    from flows.suggest import checked_options, print_summary, suggest_cells
+    from flows.sweep import start_prefect_api
+
+    spec = _spec_from(args)
+    _existing_store(spec.execution.store)
+    options = checked_options(
+        target_flops=args.target_compute,
+        budget_flops=args.flops,
+        cells=args.cells,
+        objective=args.objective,
+        rounds=args.loop,
+        bootstrap=args.bootstrap,
+        output=None if args.output is None else str(args.output),
+    )
+    start_prefect_api()
+    print_summary(suggest_cells(spec, **options.model_dump()), console)
     return 0
 
 

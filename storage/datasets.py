@@ -34,6 +34,7 @@ class Kind:
     SWEEPS = "sweeps"
     FITS = "fits"
     REPORTS = "reports"
+    SUGGESTIONS = "suggestions"
 
 
 @dataclass(frozen=True)
@@ -291,6 +292,36 @@ VERDICT = Dataset(
     view="verdict",
 )
 
+SUGGESTIONS = Dataset(
+    Kind.SUGGESTIONS,
+    "suggestions.parquet",
+    pa.schema(
+        [
+            ("suggestion_id", pa.string()),
+            ("sweep_name", pa.string()),
+            ("round", pa.int64()),  # 0: a proposal alone; 1, 2, ...: the rounds of `scalelaw suggest --loop`
+            ("objective", pa.string()),  # n_opt | loss_at_target
+            ("target_flops", pa.float64()),  # in the fit's compute accounting (fits.compute_kind)
+            ("budget_flops", pa.float64()),
+            ("estimate_before", pa.float64()),  # N_opt (or the loss there) at target_flops, and its 95%
+            ("low_before", pa.float64()),  # bootstrap interval before the proposed cells
+            ("high_before", pa.float64()),
+            ("expected_low_after", pa.float64()),  # the interval the design expects once they are trained
+            ("expected_high_after", pa.float64()),
+            ("estimate_after", pa.float64()),  # measured after training them (--loop); null before
+            ("low_after", pa.float64()),
+            ("high_after", pa.float64()),
+            ("rank", pa.int64()),  # the order the design picked the cells in
+            ("model_size", pa.string()),  # as the spec names it: a target N or a shape
+            ("params", pa.float64()),  # N as the fit counts it
+            ("tokens", pa.int64()),
+            ("cost_flops", pa.float64()),  # what the cell adds to the proposal's cost
+            ("expected_width_ratio", pa.float64()),  # expected width after this and earlier cells / now
+        ]
+    ),
+    view="suggestions",
+)
+
 
 DATASETS = (
     DOCS,
@@ -304,5 +335,6 @@ DATASETS = (
     EXTRAPOLATION,
     ISOFLOP,
     VERDICT,
+    SUGGESTIONS,
 )
 FIT_DATASETS = tuple(d for d in DATASETS if d.kind == Kind.FITS)  # the tables of one `fits` artifact

@@ -12,7 +12,17 @@ from storage.catalog import VIEWS, open_catalog
 from storage.store import Store
 
 # The views users query: their names are part of the interface.
-USER_VIEWS = {"runs", "curves", "sweeps", "fits", "isoflop", "extrapolation", "verdict", "corpus_stats"}
+USER_VIEWS = {
+    "runs",
+    "curves",
+    "sweeps",
+    "fits",
+    "isoflop",
+    "extrapolation",
+    "verdict",
+    "corpus_stats",
+    "suggestions",
+}
 
 
 def view_columns(con, view: str) -> list[str]:

@@ -7,6 +7,7 @@ Plain numpy/scipy, so a notebook can ``from tasks.laws import fit_chinchilla`` a
 
 Public API: FitResult, fit_chinchilla, fit_power_law, fit_kaplan, fit_multiplicative, fit / FORMS,
 compute_optimal (under 6 N D, or a FlopsPerToken from flops_per_token_from_runs), isoflop_optima,
+design_cells and target_interval (which runs to add next, and the interval they narrow),
 extrapolation_check, prediction_bands, result_to_dict, chinchilla_objective, chinchilla_start_grid,
 SOLVERS (fit_chinchilla's solver=), FitInputError, UnidentifiableError.  Invalid input raises ValueError
 saying what is wrong and how to fix it: runs a fitter cannot fit raise its subclass FitInputError, and
@@ -27,12 +28,14 @@ The modules, from the bottom up:
     registry         FORMS, one entry per form (fit, predict, params, bootstrap), and ``fit``
     compute          C = 6 N D, and the per-token FLOPs of a sweep's own accounting
     compute_optimal  compute-optimal allocation from a Chinchilla fit, under either accounting
+    design           which runs to add next: a cost-aware design that narrows N_opt's interval
     isoflop          IsoFLOP profiles (Chinchilla's Approach 2)
     extrapolation    fit on the smaller runs, predict the larger ones; prediction bands
 """
 
 from tasks.laws.compute import FLOPS_PER_PARAM_TOKEN, FlopsPerToken, flops_per_token_from_runs
 from tasks.laws.compute_optimal import compute_optimal
+from tasks.laws.design import CellDesign, design_cells, target_interval
 from tasks.laws.extrapolation import extrapolation_check, prediction_bands
 from tasks.laws.forms import (
     HUBER_DELTA_CHINCHILLA,
@@ -76,6 +79,7 @@ __all__ = [
     "SOLVERS",
     "Z_95",
     "BootstrapUnavailable",
+    "CellDesign",
     "ComputeOptimal",
     "ExtrapolationResult",
     "FitInputError",
@@ -90,6 +94,7 @@ __all__ = [
     "chinchilla_objective",
     "chinchilla_start_grid",
     "compute_optimal",
+    "design_cells",
     "equal_compute_groups",
     "extrapolation_check",
     "fit",
@@ -104,4 +109,5 @@ __all__ = [
     "prediction_bands",
     "result_to_dict",
     "student_t_95",
+    "target_interval",
 ]
