@@ -2,6 +2,8 @@
 
 - `scaling-sweep/sweep`: the sweep; its one parameter, the spec, is a form with the default preset filled in.
 - `refit-sweep/refit`: re-fit the newest stored sweep (and redraw its report) without training.
+- `suggest-cells/suggest`: propose the cells that most narrow the sweep's N_opt interval within a FLOP
+  budget (a table artifact, and the spec that extends the sweep); with rounds > 0 also train them.
 - `scaling-sweep/resume-nightly`: every night at 03:00 re-run the default spec, which trains only the
   cells that are missing or failed and refreshes the fit and the report. Its schedule is created
   inactive: switch it on in the UI (Deployments → resume-nightly → schedule toggle).
@@ -23,6 +25,7 @@ from prefect.schedules import Cron
 
 from flows.refit import refit_sweep
 from flows.spec import PRESETS
+from flows.suggest import suggest_cells
 from flows.sweep import scaling_sweep
 
 NIGHTLY_CRON = "0 3 * * *"
@@ -35,6 +38,11 @@ def project_deployments() -> list[RunnerDeployment]:
             name="sweep", parameters=default, description="Train the grid and fit scaling laws."
         ),
         refit_sweep.to_deployment(name="refit", description="Re-fit a stored sweep without training."),
+        suggest_cells.to_deployment(
+            name="suggest",
+            parameters=default,
+            description="Propose the cells to train next, those that most narrow N_opt's interval per FLOP.",
+        ),
         scaling_sweep.to_deployment(
             name="resume-nightly",
             parameters=default,

@@ -110,6 +110,7 @@ def test_the_deployments_exist_and_the_nightly_schedule_is_off(served):
         assert [s.schedule.cron for s in nightly.schedules] == [NIGHTLY_CRON]
         assert not nightly.schedules[0].active
         wait_for_deployment(client, "refit-sweep/refit")
+        wait_for_deployment(client, "suggest-cells/suggest")
 
 
 def test_sweep_deployment_runs_from_the_api_and_reruns_cached(served, first_run):

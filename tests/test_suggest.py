@@ -201,3 +201,11 @@ def test_a_sweep_with_no_usable_fit_is_refused_in_one_sentence(tmp_path, scalela
     assert message.startswith("error: sweep smoke: no usable Chinchilla fit to design from (")
     assert message.endswith("train more of its cells with scalelaw run, then ask again.")
     assert message.count(". ") == 0, message
+
+
+def test_the_suggest_deployment_is_served_with_the_default_spec():
+    from deployments.serve import project_deployments
+
+    (deployment,) = [d for d in project_deployments() if d.name == "suggest"]
+    assert deployment.flow_name == "suggest-cells"
+    assert deployment.parameters["spec"] == PRESETS["default"].model_dump(mode="json")
