@@ -293,8 +293,9 @@ def _suggest(args: argparse.Namespace) -> int:
         output=None if args.output is None else str(args.output),
     )
     start_prefect_api()
-    print_summary(suggest_cells(spec, **options.model_dump()), console)
-    return 0
+    summary = suggest_cells(spec, **options.model_dump())
+    print_summary(summary, console)
+    return EXIT_CELLS_FAILED if summary["failed"] else 0
 
 
 def _serve(args: argparse.Namespace) -> int:

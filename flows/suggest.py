@@ -23,7 +23,7 @@ from rich.table import Table
 from flows.plan import SweepPlan, model_shape
 from flows.spec import MAX_BOOTSTRAP, PRESETS, ExtraCell, SweepSpec, describe_validation_error, validate_spec
 from flows.status import stored_plan
-from flows.sweep import FLOW_RESULTS, artifact_key, scaling_sweep
+from flows.sweep import FLOW_RESULTS, CellsFailed, artifact_key, scaling_sweep
 from storage import datasets
 from storage.store import Store, fingerprint
 from tasks import suggest
@@ -225,7 +225,7 @@ def suggest_cells(
     target = target_flops or suggest.default_target(state.points)
     budget = budget_flops or suggest.default_budget(state.points)
     path = Path(output or f"{spec.name}-suggested.yaml")
-    history, left = [], budget
+    history, left, failed = [], budget, None
     for number in range(1, rounds + 1) if rounds else [0]:
         proposal = _proposal(state, target, left / max(1, rounds - number + 1), cells, objective)
         if not proposal.cells:
@@ -235,12 +235,18 @@ def suggest_cells(
         write_spec(spec, path)
         after = None
         if rounds:
-            scaling_sweep(spec)
+            try:
+                scaling_sweep(spec)
+            except CellsFailed as error:  # the cells that finished still count; the loop stops here
+                failed = str(error)
             state = sweep_state(spec, target, objective, draws)
             after = state.interval
         history.append(_round(state, proposal, after, number))
         left -= proposal.cost_flops
-    return {"spec": str(path), "target_flops": target, "budget_flops": budget, "rounds": history}
+        if failed:
+            break
+    summary = {"spec": str(path), "target_flops": target, "budget_flops": budget, "rounds": history}
+    return summary | {"failed": failed}
 
 
 def _proposal(
@@ -286,6 +292,10 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         )
         if after is not None:
             console.print(f"  after training them: {_interval_text(after)}", highlight=False)
+    if summary["failed"]:
+        console.print(
+            f"[red]{summary['failed']}[/red]; rerun scalelaw run --spec {summary['spec']} to retry them."
+        )
     if not summary["rounds"]:
         console.print(
             f"no candidate cell fits the budget of {summary['budget_flops']:.3g} FLOPs; raise --flops."

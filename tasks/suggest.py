@@ -152,7 +152,11 @@ def usable_fit(
     )
     if draws.sum() < MIN_DRAWS:
         raise refuse(f"only {int(draws.sum())} of {bootstrap} bootstrap refits have positive exponents")
-    interval = Interval(*laws.target_interval(fit, target_flops, objective, flops_per_token(points)))
+    try:
+        flops = flops_per_token(points)
+    except laws.FitInputError as error:  # N and C counted so that a cell costs less than 6 N per token
+        raise refuse(str(error).rstrip(".")) from None
+    interval = Interval(*laws.target_interval(fit, target_flops, objective, flops))
     if not all(math.isfinite(v) and v > 0 for v in (interval.estimate, interval.low, interval.high)):
         raise refuse(f"the {objective} interval at {target_flops:.3g} FLOPs is not finite")
     return fit, interval

@@ -136,17 +136,18 @@ def design_cells(
     fit (with bootstrap samples) to the runs at (N, D). See the module's docstring for the method."""
     _check_objective(objective)
     theta = _draws(fit, draws)
-    n, d = np.asarray(N, dtype=float), np.asarray(D, dtype=float)
-    cand_n, cand_d = np.asarray(candidate_N, dtype=float), np.asarray(candidate_D, dtype=float)
-    information = np.einsum("spi,spj->sij", *(2 * (_log_jacobian(theta, n, d),)))
-    ridge = _RIDGE * np.trace(information, axis1=1, axis2=2)[:, None, None] * np.eye(theta.shape[1])
-    covariance = np.linalg.inv(information + ridge)
+    if not len(theta):
+        raise ValueError("no draw of the fit (nor the fit) has positive exponents; nothing to design from.")
+    covariance = _inverse_information(theta, np.asarray(N, dtype=float), np.asarray(D, dtype=float))
     gradient = np.stack(
         [_central_difference(lambda t: _target(t[None], compute, objective, flops)[0], t) for t in theta]
     )
-    jacobian = _log_jacobian(theta, cand_n, cand_d)  # (draws, candidates, 5)
+    candidates = np.arange(len(np.asarray(candidate_N)))
+    jacobian = _log_jacobian(
+        theta, np.asarray(candidate_N, dtype=float), np.asarray(candidate_D, dtype=float)
+    )
     start_variance = np.einsum("si,sij,sj->s", gradient, covariance, gradient)
-    ratio = np.ones(len(theta))
+    ratio = np.ones(len(theta))  # each draw's variance of the target now, over its variance at the start
     chosen: list[int] = []
     costs: list[float] = []
     widths: list[float] = []
@@ -157,17 +158,27 @@ def design_cells(
         drop = np.einsum("si,sci->sc", gradient, spread) ** 2 / (1.0 + leverage) / start_variance[:, None]
         new_ratio = np.maximum(ratio[:, None] - drop, 0.0)
         gain = ratio.mean() - new_ratio.mean(axis=0)
-        marginal = np.array([set_cost([*chosen, i]) - spent for i in range(len(cand_n))])
-        open_ = (marginal <= budget - spent) & ~np.isin(np.arange(len(cand_n)), chosen) & (gain > 0)
+        marginal = np.array([set_cost([*chosen, i]) - spent for i in candidates])
+        open_ = (marginal <= budget - spent) & ~np.isin(candidates, chosen) & (gain > 0)
         if not open_.any():
             break
         score = np.where(open_, gain / np.maximum(marginal, 1e-300) ** COST_EXPONENT, -np.inf)
         best = int(np.argmax(score))
-        m = spread[:, best]
-        covariance = covariance - np.einsum("si,sj->sij", m, m) / (1.0 + leverage[:, best])[:, None, None]
+        update = spread[:, best]  # Sherman-Morrison: M^-1 loses (M^-1 j)(M^-1 j)^T / (1 + j^T M^-1 j)
+        covariance = (
+            covariance - np.einsum("si,sj->sij", update, update) / (1.0 + leverage[:, best])[:, None, None]
+        )
         ratio = new_ratio[:, best]
         chosen.append(best)
         costs.append(float(marginal[best]))
         widths.append(float(np.sqrt(ratio.mean())))
         spent += marginal[best]
     return CellDesign(tuple(chosen), tuple(costs), tuple(widths), len(theta))
+
+
+def _inverse_information(theta: np.ndarray, N: np.ndarray, D: np.ndarray) -> np.ndarray:
+    """M^-1 per draw, M = sum over the runs of j j^T (in units of the noise variance, which cancels)."""
+    jacobian = _log_jacobian(theta, N, D)
+    information = np.einsum("spi,spj->sij", jacobian, jacobian)
+    ridge = _RIDGE * np.trace(information, axis1=1, axis2=2)[:, None, None] * np.eye(theta.shape[1])
+    return np.linalg.inv(information + ridge)
