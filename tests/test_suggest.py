@@ -86,6 +86,20 @@ def test_extra_cells_keep_the_old_cells_ids(tmp_path, schedule):
     assert set(old) < set(new) and len(new) == len(old) + 2
 
 
+def test_the_default_presets_spec_with_a_shape_as_extra_cell_round_trips_and_keeps_its_ids(tmp_path):
+    records = {
+        k: {"fp": k, **DATA, "vocab_size": 1024, "train_tokens": 3_800_000}
+        for k in ("clean", "vocab", "tokens")
+    }
+    spec = PRESETS["default"]
+    data = spec.model_dump()
+    data["grid"]["extra_cells"] = [ExtraCell(model_size=spec.grid.model_sizes[-1], tokens=1_404_928)]
+    extended = spec_from_yaml(write_spec(validate_spec(data), tmp_path / "extended.yaml"))
+    assert extended.grid.extra_cells == validate_spec(data).grid.extra_cells
+    old, new = sweep_plan(spec, "s", records).cell_ids, sweep_plan(extended, "s", records).cell_ids
+    assert set(old) < set(new) and len(new) == len(old) + 1
+
+
 def observe(N: np.ndarray, D: np.ndarray, seed: int, noise: float = 0.007) -> np.ndarray:
     return law_loss(N, D) * np.exp(np.random.default_rng(seed).normal(0, noise, len(N)))
 
