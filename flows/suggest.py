@@ -76,7 +76,7 @@ class SweepState:
 def describe(size: int | ModelShape) -> str:
     if isinstance(size, int):
         return f"{size:,}"
-    return f"d_model {size.d_model} x {size.n_layers} layers"
+    return f"{size.d_model}x{size.n_layers}"  # d_model x n_layers
 
 
 def sweep_state(spec: SweepSpec, target_flops: float | None, objective: str, bootstrap: int) -> SweepState:

@@ -312,7 +312,7 @@ SUGGESTIONS = Dataset(
             ("low_after", pa.float64()),
             ("high_after", pa.float64()),
             ("rank", pa.int64()),  # the order the design picked the cells in
-            ("model_size", pa.string()),  # as the spec names it: a target N or a shape
+            ("model_size", pa.string()),  # as the spec names it: a target N, or a shape d_model x n_layers
             ("params", pa.float64()),  # N as the fit counts it
             ("tokens", pa.int64()),
             ("cost_flops", pa.float64()),  # what the cell adds to the proposal's cost
