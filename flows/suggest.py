@@ -164,21 +164,30 @@ def record(store: Store, rows: list[dict]) -> str:
     return suggestion_id
 
 
+def proposal_table(proposal: suggest.Proposal) -> list[dict[str, str]]:
+    """The proposed cells as text, for the terminal and the Prefect artifact: each with its cost, the
+    interval's expected width once it and those before it are trained, and its expected reduction."""
+    decades, rows, previous = proposal.before.decades, [], 1.0
+    for rank, cell in enumerate(proposal.cells, start=1):
+        rows.append(
+            {
+                "rank": str(rank),
+                "model size": describe(cell.candidate.size),
+                "N": f"{cell.candidate.params:,.0f}",
+                "D (tokens)": f"{cell.candidate.tokens:,}",
+                "cost (FLOPs)": f"{cell.cost_flops:.3g}",
+                "width after (decades)": f"{decades * cell.width_ratio:.3f}",
+                "reduction (decades)": f"{decades * (previous - cell.width_ratio):.3f}",
+            }
+        )
+        previous = cell.width_ratio
+    return rows
+
+
 def publish_artifact(spec: SweepSpec, proposal: suggest.Proposal, round_number: int) -> None:
     before, expected = proposal.before, proposal.expected_after
-    table = [
-        {
-            "rank": rank,
-            "model size": describe(cell.candidate.size),
-            "N": f"{cell.candidate.params:,.0f}",
-            "D (tokens)": f"{cell.candidate.tokens:,}",
-            "cost (FLOPs)": f"{cell.cost_flops:.3g}",
-            "expected width after (decades)": f"{before.decades * cell.width_ratio:.3f}",
-        }
-        for rank, cell in enumerate(proposal.cells, start=1)
-    ]
     create_table_artifact(
-        table,
+        proposal_table(proposal),
         key=artifact_key("suggest", spec.name),
         description=(
             f"Round {round_number}: {len(proposal.cells)} cells, {proposal.cost_flops:.3g} of "
@@ -198,6 +207,7 @@ def _round(
         "round": number,
         "suggestion_id": record(store, rows) if rows else None,
         "cells": rows,
+        "table": proposal_table(proposal),
         "before": proposal.before,
         "expected": proposal.expected_after,
         "after": after,
@@ -272,17 +282,10 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     for entry in summary["rounds"]:
         before, expected, after = entry["before"], entry["expected"], entry["after"]
         table = Table(title=f"round {entry['round']}: proposed cells" if entry["round"] else "proposed cells")
-        for column in ("model size", "N", "D (tokens)", "cost (FLOPs)", "expected width (decades)"):
+        for column in entry["table"][0]:
             table.add_column(column, justify="right")
-        for row in entry["cells"]:
-            width = before.decades * row["expected_width_ratio"]
-            table.add_row(
-                row["model_size"],
-                f"{row['params']:,.0f}",
-                f"{row['tokens']:,}",
-                f"{row['cost_flops']:.3g}",
-                f"{width:.3f}",
-            )
+        for row in entry["table"]:
+            table.add_row(*row.values())
         console.print(table)
         what = "N_opt" if entry["cells"][0]["objective"] == "n_opt" else "loss"
         console.print(
