@@ -26,7 +26,7 @@ from flows.status import stored_plan
 from flows.sweep import FLOW_RESULTS, CellsFailed, artifact_key, scaling_sweep
 from storage import datasets
 from storage.store import Store, fingerprint
-from tasks import suggest
+from tasks import laws, suggest
 from tasks.errors import InputError
 from tasks.fits import SweepPoints, points_from_runs
 from tasks.model import ModelShape, training_flops_per_token
@@ -69,7 +69,7 @@ class SweepState:
     spec: SweepSpec
     plan: SweepPlan
     points: SweepPoints
-    fit: Any
+    fit: laws.FitResult
     interval: suggest.Interval
 
 
