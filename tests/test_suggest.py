@@ -223,3 +223,12 @@ def test_the_suggest_deployment_is_served_with_the_default_spec():
     (deployment,) = [d for d in project_deployments() if d.name == "suggest"]
     assert deployment.flow_name == "suggest-cells"
     assert deployment.parameters["spec"] == PRESETS["default"].model_dump(mode="json")
+
+
+def test_a_new_wsd_cell_pays_for_retraining_its_trunk_and_a_cosine_cell_for_itself_per_seed():
+    per_token = 6e4
+    cells = [suggest.Candidate("a", 1e4, tokens, per_token, trunk="a") for tokens in (1_000_000, 3_000_000)]
+    wsd = suggest.set_cost(cells, seeds=1, wsd=suggest.WsdCosts(0.2, {"a": 2_000_000}))
+    assert wsd([0]) == pytest.approx(per_token * (0.8 * 2_000_000 + 0.2 * 1_000_000))
+    assert wsd([0, 1]) == pytest.approx(per_token * (0.8 * 3_000_000 + 0.2 * 4_000_000))
+    assert suggest.set_cost(cells, seeds=2)([0]) == pytest.approx(2 * per_token * 1_000_000)
