@@ -150,7 +150,7 @@ def main() -> None:
         f"{args.seeds} seeds, bootstrap {args.bootstrap}; budget = the grid's next row of N"
     )
     print(
-        "| strategy | width, median (decades) | width, mean | |error|, median (decades) | |error|, mean "
+        "| strategy | width, median (decades) | width, mean | abs error, median (decades) | abs error, mean "
         "| FLOPs / budget |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
