@@ -194,7 +194,8 @@ def smoke(tmp_path_factory) -> dict:
     started = time.perf_counter()
     result = run_cli(["run", "--preset", "smoke", "--store", str(store)], home, own_server=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    return {"home": home, "store": store, "seconds": time.perf_counter() - started, "output": result.stdout}
+    seconds = time.perf_counter() - started
+    return {"home": home, "store": store, "seconds": seconds, "output": result.stdout, "err": result.stderr}
 
 
 def runs_by_cell(store: Path, columns: str) -> dict[str, tuple]:
