@@ -42,7 +42,8 @@ def text_folder(tmp_path: Path) -> Path:
 
 
 # One Prefect home (database, result files) for the whole session: a fresh one per test would
-# migrate a new database each time.
+# migrate a new database each time. Under pytest-xdist each worker process imports this module and so
+# gets a home, a database and a shared server of its own: no two workers write one SQLite file.
 PREFECT_HOME = tempfile.mkdtemp(prefix="scalelaw-tests-prefect-")
 # Flows that tests run in this process keep their database and results there too, give Prefect's
 # temporary server a busy machine's time to start, and keep Prefect's console log quiet as the CLI does.
@@ -198,6 +199,41 @@ def smoke(tmp_path_factory) -> dict:
     return {"home": home, "store": store, "seconds": seconds, "output": result.stdout, "err": result.stderr}
 
 
+# Test files whose tests share state run on one xdist worker, so that it is built once: the smoke sweep
+# (a session fixture that some tests change, in order), the served deployments (module fixtures) and the
+# bad-input rows' tally. Every other test goes to whichever worker is free. (xdist's own `--dist
+# loadgroup` does nothing under pytest 9.2: it renames items through an attribute pytest no longer reads.)
+GROUPS = {
+    "test_pipeline.py": "smoke",
+    "test_resume.py": "smoke",
+    "test_security.py": "smoke",
+    "test_engines.py": "smoke",
+    "test_deployments.py": "served",
+    "test_bad_inputs.py": "bad inputs",
+}
+SHARED_FIXTURES = ("smoke", "served")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedStateScheduling(LoadScopeScheduling):
+        """Each group of GROUPS one unit of work; the largest units are handed out first."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return GROUPS.get(Path(nodeid.split("::", 1)[0]).name, nodeid)
+
+    return SharedStateScheduling(config, log)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test that uses a shared fixture outside its group would build it again on another worker."""
+    for fixture in SHARED_FIXTURES:
+        if fixture in item.fixturenames and GROUPS.get(item.path.name) != fixture:
+            pytest.fail(f"{item.nodeid} uses {fixture}: put {item.path.name} in its group in GROUPS")
+
+
 def runs_by_cell(store: Path, columns: str) -> dict[str, tuple]:
     from storage.catalog import open_catalog
     from storage.store import Store
@@ -210,8 +246,21 @@ def finished_at(store: Path) -> dict[str, object]:
     return {cell: values[0] for cell, values in runs_by_cell(store, "finished_at").items()}
 
 
-# Figures that tests report (bad inputs refused, writer kills survived), printed after the run.
+# Figures that tests report (bad inputs refused, writer kills survived), printed after the run. A test
+# report carries them, so that they reach the process that prints the summary from xdist's workers.
 FIGURES: dict[str, str] = {}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if FIGURES:
+        report.figures = dict(FIGURES)
+    return report
+
+
+def pytest_runtest_logreport(report) -> None:
+    FIGURES.update(getattr(report, "figures", {}))
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -66,6 +66,7 @@ def test_a_diverging_cell_is_recorded_and_alone_retried(tmp_path):
         grid={"model_sizes": [3000, 8000], "tokens": [8192]},
         train={"lr_by_size": {3000: 20.0}},
         fit={"bootstrap": 0},
+        execution={"workers": 1},  # two tiny cells: one worker process to start, not two
     )
     first = run_cli(["run", "--spec", str(spec), "--store", str(store)], tmp_path)
     assert first.returncode == 1, first.stdout + first.stderr
