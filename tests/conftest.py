@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -59,18 +60,47 @@ os.environ.pop("PREFECT_API_URL", None)
 
 _shared_server = contextlib.ExitStack()
 _shared_api_url: list[str] = []
+# The server that xdist's controller starts for its workers, passed to them in their environment.
+WORKERS_API_URL = "SCALELAW_TESTS_API_URL"
 
 
 def shared_api_url() -> str:
     """One real Prefect server on the loopback address for the whole session, started on first use and
     stopped at exit: flows that tests run report to it instead of each starting a temporary server
-    (about 15 s apiece). The smoke sweep alone runs as a user without a server does."""
+    (about 15 s apiece). The smoke sweep alone runs as a user without a server does. Under xdist the
+    controller's server serves every worker."""
     if not _shared_api_url:
-        from deployments.serve import prefect_server
+        from deployments.serve import prefect_server, wait_healthy
 
-        _shared_api_url.append(_shared_server.enter_context(prefect_server()))
-        atexit.register(_shared_server.close)
+        if url := os.environ.get(WORKERS_API_URL):
+            wait_healthy(url)
+            _shared_api_url.append(url)
+        else:
+            _shared_api_url.append(_shared_server.enter_context(prefect_server()))
+            atexit.register(_shared_server.close)
     return _shared_api_url[0]
+
+
+_starting_server: list[threading.Thread] = []
+
+
+def pytest_configure(config) -> None:
+    """xdist's controller starts the workers' server while they start and collect: one server, not one
+    per worker, ready by the time a test needs it. Nothing reads the server's state across tests."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        from deployments.serve import free_port, prefect_server
+
+        port = free_port()
+        os.environ[WORKERS_API_URL] = f"http://127.0.0.1:{port}/api"
+        server = prefect_server(port=port)
+        _starting_server.append(threading.Thread(target=_shared_server.enter_context, args=(server,)))
+        _starting_server[0].start()
+
+
+def pytest_unconfigure(config) -> None:
+    for thread in _starting_server:
+        thread.join()
+    _shared_server.close()
 
 
 def cli_env(own_server: bool = False) -> dict[str, str]:
