@@ -44,7 +44,8 @@ def text_folder(tmp_path: Path) -> Path:
 
 # One Prefect home (database, result files) for the whole session: a fresh one per test would
 # migrate a new database each time. Under pytest-xdist each worker process imports this module and so
-# gets a home, a database and a shared server of its own: no two workers write one SQLite file.
+# gets a home and a database of its own (for the temporary servers of the CLI runs that start one): no
+# two workers write one SQLite file. The shared server below keeps its database in the controller's.
 PREFECT_HOME = tempfile.mkdtemp(prefix="scalelaw-tests-prefect-")
 # Flows that tests run in this process keep their database and results there too, give Prefect's
 # temporary server a busy machine's time to start, and keep Prefect's console log quiet as the CLI does.
