@@ -140,7 +140,8 @@ def _training_artifact(
     failed: Callable[[str], Any],
     finish: Callable[[Path, Path, str, Any], Record],
 ) -> Record:
-    """The body the trunk and cell tasks share: torch on `threads` threads, a checkpoint in the work
+    """The body the trunk and cell tasks share: torch on `threads` threads, transformers without its
+    progress bars (a worker's would reach the sweep's terminal), a checkpoint in the work
     folder every `checkpoint_seconds` that a rerun continues from, a failure recorded rather than
     raised, and the work folder removed once the artifact is published.
 
@@ -151,8 +152,10 @@ def _training_artifact(
 
     def build(out: Path, fp: str) -> Record:
         import torch  # imported by the worker that trains, not by the flow's process
+        from transformers.utils import logging as transformers_logging
 
         torch.set_num_threads(params["threads"])
+        transformers_logging.disable_progress_bar()
         work = work_dir(store, kind, fp)
         try:
             result = train(out, work, Checkpoints(work / "checkpoint.pt", params["checkpoint_seconds"]))

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -42,7 +43,9 @@ def text_folder(tmp_path: Path) -> Path:
 
 
 # One Prefect home (database, result files) for the whole session: a fresh one per test would
-# migrate a new database each time.
+# migrate a new database each time. Under pytest-xdist each worker process imports this module and so
+# gets a home and a database of its own (for the temporary servers of the CLI runs that start one): no
+# two workers write one SQLite file. The shared server below keeps its database in the controller's.
 PREFECT_HOME = tempfile.mkdtemp(prefix="scalelaw-tests-prefect-")
 # Flows that tests run in this process keep their database and results there too, give Prefect's
 # temporary server a busy machine's time to start, and keep Prefect's console log quiet as the CLI does.
@@ -58,18 +61,47 @@ os.environ.pop("PREFECT_API_URL", None)
 
 _shared_server = contextlib.ExitStack()
 _shared_api_url: list[str] = []
+# The server that xdist's controller starts for its workers, passed to them in their environment.
+WORKERS_API_URL = "SCALELAW_TESTS_API_URL"
 
 
 def shared_api_url() -> str:
     """One real Prefect server on the loopback address for the whole session, started on first use and
     stopped at exit: flows that tests run report to it instead of each starting a temporary server
-    (about 15 s apiece). The smoke sweep alone runs as a user without a server does."""
+    (about 15 s apiece). The smoke sweep alone runs as a user without a server does. Under xdist the
+    controller's server serves every worker."""
     if not _shared_api_url:
-        from deployments.serve import prefect_server
+        from deployments.serve import prefect_server, wait_healthy
 
-        _shared_api_url.append(_shared_server.enter_context(prefect_server()))
-        atexit.register(_shared_server.close)
+        if url := os.environ.get(WORKERS_API_URL):
+            wait_healthy(url)
+            _shared_api_url.append(url)
+        else:
+            _shared_api_url.append(_shared_server.enter_context(prefect_server()))
+            atexit.register(_shared_server.close)
     return _shared_api_url[0]
+
+
+_starting_server: list[threading.Thread] = []
+
+
+def pytest_configure(config) -> None:
+    """xdist's controller starts the workers' server while they start and collect: one server, not one
+    per worker, ready by the time a test needs it. Nothing reads the server's state across tests."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        from deployments.serve import free_port, prefect_server
+
+        port = free_port()
+        os.environ[WORKERS_API_URL] = f"http://127.0.0.1:{port}/api"
+        server = prefect_server(port=port)
+        _starting_server.append(threading.Thread(target=_shared_server.enter_context, args=(server,)))
+        _starting_server[0].start()
+
+
+def pytest_unconfigure(config) -> None:
+    for thread in _starting_server:
+        thread.join()
+    _shared_server.close()
 
 
 def cli_env(own_server: bool = False) -> dict[str, str]:
@@ -194,7 +226,43 @@ def smoke(tmp_path_factory) -> dict:
     started = time.perf_counter()
     result = run_cli(["run", "--preset", "smoke", "--store", str(store)], home, own_server=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    return {"home": home, "store": store, "seconds": time.perf_counter() - started, "output": result.stdout}
+    seconds = time.perf_counter() - started
+    return {"home": home, "store": store, "seconds": seconds, "output": result.stdout, "err": result.stderr}
+
+
+# Test files whose tests share state run on one xdist worker, so that it is built once: the smoke sweep
+# (a session fixture that some tests change, in order), the served deployments (module fixtures) and the
+# bad-input rows' tally. Every other test goes to whichever worker is free. (xdist's own `--dist
+# loadgroup` does nothing under pytest 9.2: it renames items through an attribute pytest no longer reads.)
+GROUPS = {
+    "test_pipeline.py": "smoke",
+    "test_resume.py": "smoke",
+    "test_security.py": "smoke",
+    "test_engines.py": "smoke",
+    "test_deployments.py": "served",
+    "test_bad_inputs.py": "bad inputs",
+}
+SHARED_FIXTURES = ("smoke", "served")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedStateScheduling(LoadScopeScheduling):
+        """Each group of GROUPS one unit of work; the largest units are handed out first."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return GROUPS.get(Path(nodeid.split("::", 1)[0]).name, nodeid)
+
+    return SharedStateScheduling(config, log)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test that uses a shared fixture outside its group would build it again on another worker."""
+    for fixture in SHARED_FIXTURES:
+        if fixture in item.fixturenames and GROUPS.get(item.path.name) != fixture:
+            pytest.fail(f"{item.nodeid} uses {fixture}: put {item.path.name} in its group in GROUPS")
 
 
 def runs_by_cell(store: Path, columns: str) -> dict[str, tuple]:
@@ -209,8 +277,21 @@ def finished_at(store: Path) -> dict[str, object]:
     return {cell: values[0] for cell, values in runs_by_cell(store, "finished_at").items()}
 
 
-# Figures that tests report (bad inputs refused, writer kills survived), printed after the run.
+# Figures that tests report (bad inputs refused, writer kills survived), printed after the run. A test
+# report carries them, so that they reach the process that prints the summary from xdist's workers.
 FIGURES: dict[str, str] = {}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if FIGURES:
+        report.figures = dict(FIGURES)
+    return report
+
+
+def pytest_runtest_logreport(report) -> None:
+    FIGURES.update(getattr(report, "figures", {}))
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -59,6 +59,14 @@ def test_the_cli_prints_the_fitted_law_and_the_report_exists(smoke):
     )
 
 
+def test_the_terminal_shows_our_progress_and_no_progress_bar_of_the_workers(smoke):
+    terminal = smoke["output"] + smoke["err"]
+    bar = [line for line in terminal.splitlines() if line.startswith("cells ")]
+    assert bar and f" {SMOKE_CELLS}/{SMOKE_CELLS} " in bar[-1], terminal
+    for workers_bar in ("Writing model shards", "Loading weights"):
+        assert workers_bar not in terminal, terminal
+
+
 def test_any_cell_loads_with_from_pretrained_and_generates(smoke):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
