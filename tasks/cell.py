@@ -63,7 +63,8 @@ class CellPlan:
         """The numerics the cell trains in: fp32, or bf16 autocast over fp32 weights. auto-by-size takes
         bf16 from `bf16_min_params` non-embedding parameters up, on every machine alike."""
         if self.precision == "auto-by-size":
-            large = self.bf16_min_params is not None and self.shape.params_nonembedding() >= self.bf16_min_params
+            threshold = self.bf16_min_params
+            large = threshold is not None and self.shape.params_nonembedding() >= threshold
             return "bfloat16" if large else "float32"
         return "bfloat16" if self.precision == "bf16" else "float32"
 
