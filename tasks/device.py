@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import multiprocessing
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -102,6 +103,19 @@ def worker_gpu_plan(workers: int, gpus: list[str]) -> list[str]:
             "cuda give at most one worker per GPU."
         )
     return gpus[:workers]
+
+
+def gpus_for_workers(plan: list[str]) -> tuple[Callable[[Any], None], tuple]:
+    """A process pool's initializer and its arguments that give each new worker the next GPU of `plan`
+    as its CUDA_VISIBLE_DEVICES, before anything in it touches CUDA (the pool must use 'spawn')."""
+    slots = multiprocessing.get_context("spawn").Queue()
+    for gpu in plan:
+        slots.put(gpu)
+    return _take_gpu, (slots,)
+
+
+def _take_gpu(slots: Any) -> None:
+    os.environ["CUDA_VISIBLE_DEVICES"] = slots.get(timeout=60)
 
 
 @contextlib.contextmanager
