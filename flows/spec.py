@@ -328,6 +328,35 @@ PRESETS: dict[str, SweepSpec] = {
         train=TrainSpec(context=128, batch_size=8, schedule="wsd", warmup_fraction=0.4, min_steps=200),
         fit=FitSpec(bootstrap=1000, huber_delta=1e-2),
     ),
+    # A real-scale sweep for one GPU (README, "Training on GPUs"): IsoFLOP profiles at four budgets,
+    # 1e17-2e18 FLOPs, six sizes each from a 20M-300M ladder (ratio 1.35), D 0.17-4.9B tokens, one
+    # epoch of about 6M FineWeb-Edu documents; WSD, so each size trains one trunk for all its budgets.
+    "gpu": SweepSpec(
+        name="gpu",
+        corpus=CorpusSpec(
+            source="hf:HuggingFaceFW/fineweb-edu:sample-10BT", max_documents=6_000_000, val_fraction=0.01
+        ),
+        vocab=VocabSpec(size=32768),
+        grid=GridSpec(
+            model_sizes=[int(round(20_000_000 * 1.35**i, -5)) for i in range(10)],
+            budgets=[1e17, 3e17, 1e18, 2e18],
+            models_per_budget=6,
+            tokens_per_param=20,
+        ),
+        train=TrainSpec(
+            context=1024,
+            tokens_per_step=2**19,
+            micro_batch_size=32,
+            min_steps=200,
+            schedule="wsd",
+            precision="bf16",
+            device="cuda",
+            compile=True,
+        ),
+        eval=EvalSpec(val_tokens=2**20),
+        fit=FitSpec(bootstrap=1000),
+        execution=ExecutionSpec(workers=1, checkpoint_seconds=600.0),
+    ),
 }
 
 

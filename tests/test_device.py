@@ -221,3 +221,13 @@ def test_a_lease_takes_a_gpu_no_other_training_holds(tmp_path):
         assert (first, second) == (0, 1)
     with gpu_lease(["0", "1"], tmp_path) as again:
         assert again == 0  # released when its training ended
+
+
+def test_the_gpu_preset_is_an_isoflop_sweep_over_20m_to_300m_parameters():
+    spec = PRESETS["gpu"]
+    plans = cell_plans(spec, spec.vocab.size, 5_500_000_000, 50_000_000)
+    n = [p.shape.params_nonembedding() for p in plans]
+    assert len(plans) == 4 * 6 and min(n) >= 20e6 and max(n) <= 300e6
+    assert max(p.tokens_target for p in plans) <= 5e9 and min(p.steps for p in plans) >= 200
+    assert {p.dtype for p in plans} == {"bfloat16"} and {p.device for p in plans} == {"cuda"}
+    assert {p.batch_size * p.context for p in plans} == {2**19}
