@@ -36,7 +36,7 @@ if [ "${1:-}" = "--dry-run" ]; then
 import sys, yaml
 spec = yaml.safe_load(open("bench/gpu-check.yaml"))
 spec["train"] |= {"device": "cpu", "context": 64, "tokens_per_step": 1024, "min_steps": 16}
-spec["grid"] |= {"model_sizes": [3000, 5000, 8000, 12000], "budgets": [1.0e9, 2.0e9]}
+spec["grid"] |= {"model_sizes": [3000, 7000, 15000, 30000], "budgets": [2.0e9, 4.0e9]}
 spec |= {"corpus": {"max_documents": 40}, "vocab": {"size": 512}, "eval": {"val_tokens": 4096}}
 yaml.safe_dump(spec, open(sys.argv[1], "w"))
 EOF
@@ -57,18 +57,18 @@ EOF
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,utilization.gpu --format=csv
 fi
 
-stage "training benchmark, bf16, eager" 100 \
+stage "training benchmark, bf16, eager" 80 \
     "$PYTHON" bench/bench_train.py --device "$device" --bf16 --sizes "$eager_sizes" --windows "$windows" --steps 3
-stage "training benchmark, bf16, torch.compile" 150 \
+stage "training benchmark, bf16, torch.compile" 200 \
     "$PYTHON" bench/bench_train.py --device "$device" --bf16 --compile --sizes "$compiled_sizes" --windows "$windows" --steps 3
 if "$PYTHON" -c "import pytest" 2>/dev/null; then
-    stage "device tests (the CUDA one runs on a GPU)" 60 \
+    stage "device tests (the CUDA one runs on a GPU)" 45 \
         "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_device.py -k "cuda or auto"
 fi
-stage "two-budget mini sweep ($spec)" 150 \
+stage "two-budget mini sweep ($spec)" 120 \
     "$PYTHON" -m flows.cli run --spec "$spec" --store "$OUT/store"
 stage "the mini sweep's cells" 30 \
-    "$PYTHON" -m flows.cli query --store "$OUT/store" "select d_model, n_layers, params_nonembedding as n,
+    "$PYTHON" -m flows.cli query --format csv --store "$OUT/store" "select d_model, n_layers, params_nonembedding as n,
         tokens_seen as d, device, precision, round(tokens_per_second) as tokens_per_s, round(mfu, 3) as mfu,
         round(train_seconds, 1) as train_s, round(val_loss_nats, 3) as val_nats
         from runs order by params_nonembedding, tokens_seen"

@@ -106,9 +106,9 @@ def local_gpu_workers(workers: int, device: str) -> tuple[Callable[..., None], t
         return None
     import torch
 
-    from tasks.device import gpus_for_workers, visible_gpus, worker_gpu_plan
+    from tasks.device import gpus_for_workers, resolve_device, visible_gpus, worker_gpu_plan
 
-    if device == "auto" and not torch.cuda.is_available():
+    if resolve_device(device).type != "cuda":  # 'cuda' on a machine without one: its one-sentence error
         return None
     gpus = visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count())
     return gpus_for_workers(worker_gpu_plan(workers, gpus))

@@ -11,6 +11,7 @@ from tasks.model import ModelShape
 
 Precision = Literal["fp32", "bf16", "auto-by-size"]
 Dtype = Literal["float32", "bfloat16"]  # a cell's resolved precision, as `runs.precision` records it
+DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 
 LR_RULE_CONSTANT = 0.45  # from our own sweep: see lr_for_size
 LR_RULE_EXPONENT = 0.36  # Porian et al. 2024, Fig. 3
@@ -55,7 +56,7 @@ class CellPlan:
     compile: bool = False
     wsd: WsdSchedule | None = None  # None: the cosine schedule
     # How the cell runs, not what it computes: neither is part of its identity (tasks.identity)
-    device: str = "auto"
+    device: DeviceName = "auto"
     micro_batch_size: int | None = None  # sequences per forward and backward; None: the whole batch
 
     @property

@@ -13,14 +13,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from storage.errors import UserError
-from tasks.cell import Dtype
+from tasks.cell import DeviceName, Dtype
 
-DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 GPU_LOCKS = Path(tempfile.gettempdir()) / "scalelaw-gpus"  # one lock file per GPU of this machine
 LEASE_POLL_SECONDS = 1.0
 
@@ -29,7 +28,7 @@ class DeviceError(UserError):
     """A spec that names a device this machine does not have."""
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: DeviceName) -> torch.device:
     """The device type that `train.device` names on this machine; 'auto' is CUDA when present, else CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -72,7 +71,7 @@ class Placement:
 
 
 @contextlib.contextmanager
-def placement(name: str) -> Iterator[Placement]:
+def placement(name: DeviceName) -> Iterator[Placement]:
     """The device for one training, held for its duration: on CUDA a GPU of this machine that no other
     training holds (waiting for one to free up), with TF32 matmuls for the fp32 parts."""
     device = resolve_device(name)
@@ -99,8 +98,8 @@ def worker_gpu_plan(workers: int, gpus: list[str]) -> list[str]:
     """CUDA_VISIBLE_DEVICES for each of `workers` worker processes: one GPU each, never one GPU for two."""
     if workers > len(gpus):
         raise DeviceError(
-            f"execution.workers {workers} exceeds the {len(gpus)} GPUs visible here; with train.device "
-            "cuda give at most one worker per GPU."
+            f"execution.workers {workers} exceeds the {len(gpus)} GPU(s) visible here, where cells train on "
+            "CUDA (train.device auto or cuda); give at most one worker per GPU, or train.device cpu."
         )
     return gpus[:workers]
 

@@ -12,6 +12,7 @@ import torch
 from conftest import make_documents
 
 from flows.plan import cell_params, cell_plans, grid_params, sweep_id
+from flows.runtime import local_gpu_workers
 from flows.spec import PRESETS, SpecError, validate_spec
 from tasks import tokens
 from tasks.cell import CellPlan, Checkpoints
@@ -64,8 +65,10 @@ def without_timing(row: dict) -> dict:
 @pytest.mark.skipif(HAS_CUDA, reason="this machine has a CUDA GPU: 'auto' resolves to it")
 def test_auto_resolves_to_the_cpu_here_and_a_missing_gpu_is_one_sentence():
     assert resolve_device("auto") == torch.device("cpu")
-    with pytest.raises(DeviceError, match=r"^train.device is 'cuda' but this machine has no CUDA GPU"):
-        resolve_device("cuda")
+    assert local_gpu_workers(2, "auto") is None and local_gpu_workers(2, "cpu") is None
+    for ask in (lambda: resolve_device("cuda"), lambda: local_gpu_workers(1, "cuda")):
+        with pytest.raises(DeviceError, match=r"^train.device is 'cuda' but this machine has no CUDA GPU"):
+            ask()
     with pytest.raises(DeviceError, match="not one of auto, cpu, cuda, mps"):
         resolve_device("tpu")
 
@@ -195,7 +198,7 @@ def test_one_gpu_per_worker_and_never_one_gpu_for_two():
     assert visible_gpus(None, 4) == ["0", "1", "2", "3"]
     assert visible_gpus("3, 5", 2) == ["3", "5"]
     assert worker_gpu_plan(2, ["3", "5", "6"]) == ["3", "5"]
-    with pytest.raises(DeviceError, match="execution.workers 3 exceeds the 2 GPUs visible here"):
+    with pytest.raises(DeviceError, match=r"execution.workers 3 exceeds the 2 GPU\(s\) visible here"):
         worker_gpu_plan(3, ["3", "5"])
 
 
