@@ -6,6 +6,9 @@ import hashlib
 import math
 import multiprocessing
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -234,3 +237,12 @@ def test_the_gpu_preset_is_an_isoflop_sweep_over_20m_to_300m_parameters():
     assert max(p.tokens_target for p in plans) <= 5e9 and min(p.steps for p in plans) >= 200
     assert {p.dtype for p in plans} == {"bfloat16"} and {p.device for p in plans} == {"cuda"}
     assert {p.batch_size * p.context for p in plans} == {2**19}
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this machine has a CUDA GPU: the check would run")
+def test_gpu_check_stops_at_once_without_cuda(tmp_path):
+    script = Path(__file__).parents[1] / "bench" / "gpu_check.sh"
+    env = os.environ | {"PYTHON": sys.executable, "OUT": str(tmp_path)}
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3 and "needs a CUDA GPU" in done.stderr and "--dry-run" in done.stderr
+    assert "training benchmark" not in done.stdout  # no stage started
