@@ -184,15 +184,23 @@ def tokens_params(store: str, corpus_fp: str, vocab_fp: str) -> dict:
 def sweep_id(spec: SweepSpec) -> str:
     """A sweep's id: its spec less where and how it runs (`execution`, `train.device`,
     `train.micro_batch_size`), and less fields added since at the values that keep the meaning old ids
-    had (an empty `grid.extra_cells`, no `train.tokens_per_step`, `train.precision` auto-by-size), so
-    that sweeps keep the ids they had before those fields existed."""
+    had (an empty `grid.extra_cells`, no `train.tokens_per_step`, and `train.precision` auto-by-size
+    when every model is below `bf16_min_params`, so trained in fp32 before too), so that those sweeps
+    keep the ids they had before the fields existed."""
     train = {"device", "micro_batch_size"}
     train |= {"tokens_per_step"} if spec.train.tokens_per_step is None else set()
-    train |= {"precision"} if spec.train.precision == "auto-by-size" else set()
+    train |= {"precision"} if _fp32_as_before(spec) else set()
     excluded: dict = {"execution": True, "train": train}
     if not spec.grid.extra_cells:
         excluded["grid"] = {"extra_cells"}
     return fingerprint("sweep", spec.model_dump(exclude=excluded))
+
+
+def _fp32_as_before(spec: SweepSpec) -> bool:
+    threshold = spec.train.bf16_min_params
+    sizes = [*spec.grid.model_sizes, *(cell.model_size for cell in spec.grid.extra_cells)]
+    small = threshold is None or all(model_shape(size).params_nonembedding() < threshold for size in sizes)
+    return spec.train.precision == "auto-by-size" and small
 
 
 def fit_params(store: str, cell_ids: list[str], **fit_options: object) -> dict:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import make_documents
 
-from flows.plan import cell_params, cell_plans, grid_params, sweep_id
+from flows.plan import _fp32_as_before, cell_params, cell_plans, grid_params, sweep_id
 from flows.runtime import local_gpu_workers
 from flows.spec import PRESETS, SpecError, validate_spec
 from tasks import tokens
@@ -246,3 +246,17 @@ def test_gpu_check_stops_at_once_without_cuda(tmp_path):
     done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 3 and "needs a CUDA GPU" in done.stderr and "--dry-run" in done.stderr
     assert "training benchmark" not in done.stdout  # no stage started
+
+
+def test_sweep_ids_move_only_where_cells_do():
+    smoke = PRESETS["smoke"]
+
+    def with_train(**train: object) -> str:
+        return sweep_id(smoke.model_copy(update={"train": smoke.train.model_copy(update=train)}))
+
+    assert sweep_id(smoke) == "6335c9535377394d70d9"  # as before train.precision existed
+    assert with_train(device="cuda") == with_train(micro_batch_size=2) == sweep_id(smoke)
+    assert with_train(precision="fp32") != sweep_id(smoke) != with_train(tokens_per_step=1024)
+    # auto-by-size with a model from bf16_min_params up: its cells' ids moved, so does the sweep's
+    reaching = smoke.model_copy(update={"train": smoke.train.model_copy(update={"bf16_min_params": 5000})})
+    assert _fp32_as_before(smoke) and not _fp32_as_before(reaching)
