@@ -47,7 +47,7 @@ def cell_plans(spec: SweepSpec, vocab_size: int, train_tokens: int, val_tokens: 
                     batch_size=batch_size_for(
                         tokens_target,
                         context,
-                        train.batch_size_by_size.get(size, train.batch_size),
+                        train.batch_size_by_size.get(size, train.largest_batch),
                         train.min_steps,
                     ),
                     seed=seed,
@@ -62,8 +62,11 @@ def cell_plans(spec: SweepSpec, vocab_size: int, train_tokens: int, val_tokens: 
                     sample_prompt=spec.eval.sample_prompt,
                     sample_tokens=spec.eval.sample_tokens,
                     warmup_tokens_per_param=train.warmup_tokens_per_param,
+                    precision=train.precision,
                     bf16_min_params=train.bf16_min_params,
                     compile=train.compile,
+                    device=train.device,
+                    micro_batch_size=train.micro_batch_size,
                 )
             )
     if train.schedule == "wsd":
@@ -102,7 +105,7 @@ def isoflop_points(
         for size in ladder
     ]
     most_tokens = math.inf if grid.allow_repeated_epochs else train_tokens
-    fewest_tokens = spec.train.min_steps * context * spec.train.batch_size
+    fewest_tokens = spec.train.min_steps * context * spec.train.largest_batch
     width = grid.models_per_budget
     windows = [
         start
@@ -179,10 +182,25 @@ def tokens_params(store: str, corpus_fp: str, vocab_fp: str) -> dict:
 
 
 def sweep_id(spec: SweepSpec) -> str:
-    """A sweep's id: its spec less where and how it runs (and less an empty `grid.extra_cells`, so that
-    sweeps keep the ids they had before extra cells existed)."""
-    excluded: dict = {"execution": True} | ({} if spec.grid.extra_cells else {"grid": {"extra_cells"}})
+    """A sweep's id: its spec less where and how it runs (`execution`, `train.device`,
+    `train.micro_batch_size`), and less fields added since at the values that keep the meaning old ids
+    had (an empty `grid.extra_cells`, no `train.tokens_per_step`, and `train.precision` auto-by-size
+    when every model is below `bf16_min_params`, so trained in fp32 before too), so that those sweeps
+    keep the ids they had before the fields existed."""
+    train = {"device", "micro_batch_size"}
+    train |= {"tokens_per_step"} if spec.train.tokens_per_step is None else set()
+    train |= {"precision"} if _fp32_as_before(spec) else set()
+    excluded: dict = {"execution": True, "train": train}
+    if not spec.grid.extra_cells:
+        excluded["grid"] = {"extra_cells"}
     return fingerprint("sweep", spec.model_dump(exclude=excluded))
+
+
+def _fp32_as_before(spec: SweepSpec) -> bool:
+    threshold = spec.train.bf16_min_params
+    sizes = [*spec.grid.model_sizes, *(cell.model_size for cell in spec.grid.extra_cells)]
+    small = threshold is None or all(model_shape(size).params_nonembedding() < threshold for size in sizes)
+    return spec.train.precision == "auto-by-size" and small
 
 
 def fit_params(store: str, cell_ids: list[str], **fit_options: object) -> dict:

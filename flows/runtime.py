@@ -1,6 +1,7 @@
 """The process plumbing a sweep runs in: Prefect's temporary server, the API shared with worker
-processes, progress listeners, workers killed on stop, and a signal-friendly wait on futures. Plain
-functions and context managers; the flows in flows/sweep.py use them and hold no plumbing of their own."""
+processes, progress listeners, workers killed on stop, a signal-friendly wait on futures, and one GPU per
+worker. Plain functions and context managers; the flows in flows/sweep.py use them and hold no plumbing
+of their own."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prefect.client.orchestration import get_client
+from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 
 ProgressCallback = Callable[[int, int, dict[str, Any] | None], None]
@@ -92,3 +94,32 @@ def as_finished(futures: list[PrefectFuture]) -> Iterator[PrefectFuture]:
                 continue
             yield future
             break
+
+
+def local_gpu_workers(workers: int, device: str) -> tuple[Callable[..., None], tuple] | None:
+    """For a local pool whose cells train on CUDA: the pool's worker initializer and its arguments, which
+    give each worker process one GPU of its own as its CUDA_VISIBLE_DEVICES (tasks.device plans them).
+    None when cells train on the CPU (or 'auto' finds no GPU here)."""
+    # A machine without the NVIDIA driver has no CUDA GPU: 'auto' knows that without importing torch,
+    # which the flow's process otherwise never needs (its workers still lease a GPU each, tasks.device)
+    if device == "cpu" or (device == "auto" and not os.path.exists("/proc/driver/nvidia/gpus")):
+        return None
+    import torch
+
+    from tasks.device import gpus_for_workers, resolve_device, visible_gpus, worker_gpu_plan
+
+    if resolve_device(device).type != "cuda":  # 'cuda' on a machine without one: its one-sentence error
+        return None
+    gpus = visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count())
+    return gpus_for_workers(worker_gpu_plan(workers, gpus))
+
+
+def gpu_request(plan: dict[str, Any]) -> contextlib.AbstractContextManager:
+    """Around a cell's (or trunk's) submission: on Dask, a cell that trains on CUDA requests one `GPU`
+    resource, so that a worker started with `--resources GPU=1` trains one cell at a time."""
+    runner = FlowRunContext.get().task_runner
+    if plan["device"] != "cuda" or type(runner).__name__ != "DaskTaskRunner":
+        return contextlib.nullcontext()
+    import dask
+
+    return dask.annotate(resources={"GPU": 1})

@@ -149,12 +149,37 @@ class TrainSpec(_Strict):
         {}, description="AdamW beta2 for particular grid.model_sizes targets (N), overriding beta2."
     )
     grad_clip: Annotated[float, Field(gt=0)] = 1.0
+    tokens_per_step: Annotated[int, Field(ge=8)] | None = Field(
+        None,
+        description="Largest batch in tokens per optimizer step (a multiple of context), instead of "
+        "batch_size sequences; the same on every device, micro_batch_size or not.",
+    )
+    micro_batch_size: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="Sequences per forward and backward pass, their gradients accumulated into one step "
+        "when a whole batch does not fit in memory; null: the whole batch. Not part of a cell's identity.",
+    )
+    precision: Literal["fp32", "bf16", "auto-by-size"] = Field(
+        "auto-by-size",
+        description="'fp32'; 'bf16': bf16 autocast over fp32 weights and optimizer state; 'auto-by-size': "
+        "bf16 from bf16_min_params non-embedding parameters up, fp32 below. Part of each cell's identity.",
+    )
     bf16_min_params: Annotated[int, Field(ge=0)] | None = Field(
         2_000_000,
-        description="Train models of at least this many non-embedding parameters in bf16 autocast, on "
-        "machines whose bf16 matmuls beat fp32 (smaller models gain nothing); null: always fp32.",
+        description="With precision 'auto-by-size': train models of at least this many non-embedding "
+        "parameters in bf16 (smaller ones gain nothing on a CPU); null: always fp32.",
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto",
+        description="Where cells train: 'auto' is CUDA when the worker has a GPU, else the CPU. One GPU "
+        "per cell; not part of a cell's identity.",
     )
     compile: bool = Field(False, description="torch.compile the model (15-25 s per shape before it pays).")
+
+    @property
+    def largest_batch(self) -> int:
+        """Sequences per step before small cells shrink it to keep min_steps."""
+        return self.batch_size if self.tokens_per_step is None else self.tokens_per_step // self.context
 
     @model_validator(mode="before")
     @classmethod
@@ -164,6 +189,15 @@ class TrainSpec(_Strict):
         if lr != "rule" and not (type(lr) in (int, float) and 0 < lr < 1):
             raise ValueError(f"lr {lr!r} is neither a number between 0 and 1 nor 'rule'; give one of those")
         return data
+
+    @model_validator(mode="after")
+    def _whole_sequences_per_step(self) -> TrainSpec:
+        if self.tokens_per_step is not None and self.tokens_per_step % self.context:
+            raise ValueError(
+                f"tokens_per_step {self.tokens_per_step} is not a multiple of context {self.context}; "
+                f"give a multiple such as {max(1, self.tokens_per_step // self.context) * self.context}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _wsd_warmup_ends_before_the_cooldown(self) -> TrainSpec:
@@ -293,6 +327,35 @@ PRESETS: dict[str, SweepSpec] = {
         ),
         train=TrainSpec(context=128, batch_size=8, schedule="wsd", warmup_fraction=0.4, min_steps=200),
         fit=FitSpec(bootstrap=1000, huber_delta=1e-2),
+    ),
+    # A real-scale sweep for one GPU (README, "Training on GPUs"): IsoFLOP profiles at four budgets,
+    # 1e17-2e18 FLOPs, six sizes each from a 20M-300M ladder (ratio 1.35), D 0.17-4.9B tokens, one
+    # epoch of about 6M FineWeb-Edu documents; WSD, so each size trains one trunk for all its budgets.
+    "gpu": SweepSpec(
+        name="gpu",
+        corpus=CorpusSpec(
+            source="hf:HuggingFaceFW/fineweb-edu:sample-10BT", max_documents=6_000_000, val_fraction=0.01
+        ),
+        vocab=VocabSpec(size=32768),
+        grid=GridSpec(
+            model_sizes=[int(round(20_000_000 * 1.35**i, -5)) for i in range(10)],
+            budgets=[1e17, 3e17, 1e18, 2e18],
+            models_per_budget=6,
+            tokens_per_param=20,
+        ),
+        train=TrainSpec(
+            context=1024,
+            tokens_per_step=2**19,
+            micro_batch_size=32,
+            min_steps=200,
+            schedule="wsd",
+            precision="bf16",
+            device="cuda",
+            compile=True,
+        ),
+        eval=EvalSpec(val_tokens=2**20),
+        fit=FitSpec(bootstrap=1000),
+        execution=ExecutionSpec(workers=1, checkpoint_seconds=600.0),
     ),
 }
 

@@ -24,7 +24,14 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 # (re-exported, `x as x`).
 from flows.plan import Step, analysis_steps, planned, resolved_plan
 from flows.runtime import add_progress_listener as add_progress_listener
-from flows.runtime import api_shared_with_workers, as_finished, notify_progress, workers_killed_when_stopped
+from flows.runtime import (
+    api_shared_with_workers,
+    as_finished,
+    gpu_request,
+    local_gpu_workers,
+    notify_progress,
+    workers_killed_when_stopped,
+)
 from flows.runtime import remove_progress_listener as remove_progress_listener
 from flows.runtime import start_prefect_api as start_prefect_api
 from flows.spec import PRESETS, ExecutionSpec, SweepSpec
@@ -48,17 +55,21 @@ class CellsFailed(RuntimeError):
     """Raised at the end of a sweep whose cells did not all finish; names them."""
 
 
-def task_runner(execution: ExecutionSpec) -> TaskRunner:
-    """The engine that trains the cells: never more trainings at once than workers."""
+def task_runner(execution: ExecutionSpec, device: str = "cpu") -> TaskRunner:
+    """The engine that trains the cells: never more trainings at once than workers; on CUDA, one GPU
+    per local worker (a local Dask cluster's workers each declare one GPU resource)."""
+    gpus = local_gpu_workers(execution.workers, device)
     if execution.engine == "processes":
-        return ProcessPoolTaskRunner(max_workers=execution.workers)
+        initializer, initargs = gpus or (None, ())
+        return ProcessPoolTaskRunner(
+            max_workers=execution.workers, initializer=initializer, initargs=initargs
+        )
     from prefect_dask import DaskTaskRunner
 
     if execution.dask_address:
         return DaskTaskRunner(address=execution.dask_address)
-    return DaskTaskRunner(
-        cluster_kwargs={"n_workers": execution.workers, "threads_per_worker": 1, "processes": True}
-    )
+    cluster = {"n_workers": execution.workers, "threads_per_worker": 1, "processes": True}
+    return DaskTaskRunner(cluster_kwargs=cluster | ({"resources": {"GPU": 1}} if gpus else {}))
 
 
 def run_step(step: Step) -> dict[str, Any]:
@@ -76,7 +87,7 @@ def scaling_sweep(spec: SweepSpec = PRESETS["default"]) -> dict[str, Any]:
     """Train every cell of the grid on the spec's corpus and fit scaling laws to the results."""
     store = Store(spec.execution.store).location
     plan = resolved_plan(spec, store, run_step)  # runs the data steps: corpus, vocabulary, tokens
-    runner = task_runner(spec.execution)
+    runner = task_runner(spec.execution, spec.train.device)
     with api_shared_with_workers():
         cells = train_grid.with_options(task_runner=runner)(plan.params("cells"), plan.params("trunks"))
     sweep = steps.record_sweep(**plan.step("sweeps").params)
@@ -163,14 +174,16 @@ def _cell_fp(params: dict) -> str:
 def _submit_trunk(params: dict) -> PrefectFuture:
     """Train a trunk in a worker; Prefect's cache may answer only when its artifact is complete."""
     step = steps.train_grid_trunk
-    return step.with_options(refresh_cache=not _reusable(planned(step.name, params))).submit(**params)
+    with gpu_request(params["plan"]):
+        return step.with_options(refresh_cache=not _reusable(planned(step.name, params))).submit(**params)
 
 
 def _submit_cell(params: dict, trunk: PrefectFuture | None = None) -> PrefectFuture:
     """Train a cell in a worker; `trunk`, done by now, is named so that the UI draws the edge."""
-    return steps.train_grid_cell.with_options(refresh_cache=True).submit(
-        **params, wait_for=[trunk] if trunk else None
-    )
+    with gpu_request(params["plan"]):
+        return steps.train_grid_cell.with_options(refresh_cache=True).submit(
+            **params, wait_for=[trunk] if trunk else None
+        )
 
 
 def _report_progress(

@@ -158,6 +158,7 @@ RUNS = Dataset(
             ("tokens_per_second", pa.float64()),
             ("mfu", pa.float64()),  # achieved FLOP/s (with attention and head) over the measured matmul peak
             ("precision", pa.string()),  # float32 | bfloat16 (autocast)
+            ("device", pa.string()),  # cpu, mps, or the GPU's name (null in files from before devices)
             ("compiled", pa.bool_()),
             ("finished_at", pa.timestamp("s", tz="UTC")),
         ]

@@ -5,8 +5,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from tasks.model import ModelShape
+
+Precision = Literal["fp32", "bf16", "auto-by-size"]
+Dtype = Literal["float32", "bfloat16"]  # a cell's resolved precision, as `runs.precision` records it
+DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 
 LR_RULE_CONSTANT = 0.45  # from our own sweep: see lr_for_size
 LR_RULE_EXPONENT = 0.36  # Porian et al. 2024, Fig. 3
@@ -46,9 +51,23 @@ class CellPlan:
     sample_prompt: str = "Fellow citizens"
     sample_tokens: int = 24
     warmup_tokens_per_param: float = 1.0
-    bf16_min_params: int | None = None  # None: always fp32
+    precision: Precision = "auto-by-size"
+    bf16_min_params: int | None = None  # auto-by-size: bf16 from this size up; None: always fp32
     compile: bool = False
     wsd: WsdSchedule | None = None  # None: the cosine schedule
+    # How the cell runs, not what it computes: neither is part of its identity (tasks.identity)
+    device: DeviceName = "auto"
+    micro_batch_size: int | None = None  # sequences per forward and backward; None: the whole batch
+
+    @property
+    def dtype(self) -> Dtype:
+        """The numerics the cell trains in: fp32, or bf16 autocast over fp32 weights. auto-by-size takes
+        bf16 from `bf16_min_params` non-embedding parameters up, on every machine alike."""
+        if self.precision == "auto-by-size":
+            threshold = self.bf16_min_params
+            large = threshold is not None and self.shape.params_nonembedding() >= threshold
+            return "bfloat16" if large else "float32"
+        return "bfloat16" if self.precision == "bf16" else "float32"
 
     @property
     def steps(self) -> int:

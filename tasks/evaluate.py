@@ -18,11 +18,12 @@ def evaluate(
 ) -> dict:
     """Held-out loss over fixed windows (the same for every cell), with its standard error."""
     model.eval()
+    device = model.lm_head.weight.device
     val_windows = windows(val_stream, context)[: max(1, val_tokens // context)]
     window_nats = []
     for start in range(0, len(val_windows), 16):
-        batch = torch.from_numpy(val_windows[start : start + 16].astype(np.int64))
-        window_nats.append(next_token_nats(model, batch).sum(dim=1).double().numpy())
+        batch = torch.from_numpy(val_windows[start : start + 16].astype(np.int64)).to(device)
+        window_nats.append(next_token_nats(model, batch).sum(dim=1).double().cpu().numpy())
     nats_per_window = np.concatenate(window_nats)
     n_tokens = len(val_windows) * context
     loss = float(nats_per_window.sum() / n_tokens)

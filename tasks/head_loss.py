@@ -6,6 +6,13 @@ from __future__ import annotations
 import torch
 
 HEAD_CHUNK_LOGITS = 2**19  # logits per chunk of the head's loss: 2 MB in fp32, so they stay in cache
+# On a GPU each chunk costs kernel launches rather than cache misses: 256 MB chunks keep the matmuls large
+GPU_HEAD_CHUNK_LOGITS = 2**26
+
+
+def head_chunk_logits(device: torch.device) -> int:
+    """Logits per chunk of the head's loss on `device`."""
+    return HEAD_CHUNK_LOGITS if device.type == "cpu" else GPU_HEAD_CHUNK_LOGITS
 
 
 class TiedHeadLoss(torch.autograd.Function):
@@ -23,7 +30,7 @@ class TiedHeadLoss(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros_like(weight)
         loss_sum = hidden.new_zeros(())
-        rows = max(1, HEAD_CHUNK_LOGITS // weight.shape[0])
+        rows = max(1, head_chunk_logits(hidden.device) // weight.shape[0])
         for start in range(0, len(hidden), rows):
             chunk, target = hidden[start : start + rows], targets[start : start + rows]
             logits = chunk @ weight.T
@@ -54,7 +61,7 @@ def next_token_nats(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor
     hidden = hidden.reshape(-1, hidden.shape[-1])
     targets = batch[:, 1:].reshape(-1)
     weight = model.lm_head.weight
-    rows = max(1, HEAD_CHUNK_LOGITS // weight.shape[0])
+    rows = max(1, head_chunk_logits(weight.device) // weight.shape[0])
     nats = []
     for start in range(0, len(hidden), rows):
         logits = hidden[start : start + rows] @ weight.T

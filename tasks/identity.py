@@ -19,9 +19,30 @@ CODE_VERSIONS = {"clean": 1, "vocab": 1, "tokens": 1, "trunks": 1, "cells": 2, "
 NOT_IDENTITY = frozenset({"store", "threads", "checkpoint_seconds", "trunk_fp"})
 
 
+# Plan fields that say how a cell runs, not what it computes: a cell trained on a GPU, or in
+# micro-batches, is the cell trained on a CPU in one batch (up to the order of float sums).
+RUNTIME_PLAN_FIELDS = frozenset({"device", "micro_batch_size"})
+
+
 def step_fingerprint(kind: str, params: dict[str, Any]) -> str:
     identity = {k: v for k, v in params.items() if k not in NOT_IDENTITY}
+    if "plan" in identity:
+        identity["plan"] = plan_identity(identity["plan"])
     return fingerprint(kind, {"code": CODE_VERSIONS[kind], **identity})
+
+
+def plan_identity(plan: dict[str, Any]) -> dict[str, Any]:
+    """The part of a plan (as a task parameter) that determines its cell's numbers. Fields added since
+    cells were first stored are left out where they keep the meaning old ids had: no WSD (cosine), and
+    precision 'auto-by-size' on a model below `bf16_min_params`, which trained in fp32 on every machine.
+    (Above it the old ids depended on a benchmark of the machine; those cells get ids of their own.)"""
+    identity = {k: v for k, v in plan.items() if k not in RUNTIME_PLAN_FIELDS}
+    if identity.get("wsd") is None:
+        identity.pop("wsd", None)
+    cell = plan_from_dict(plan)
+    if cell.precision == "auto-by-size" and cell.dtype == "float32":
+        identity.pop("precision", None)
+    return identity
 
 
 def reusable(record: dict[str, Any] | None) -> bool:
@@ -30,10 +51,8 @@ def reusable(record: dict[str, Any] | None) -> bool:
 
 
 def plan_to_dict(plan: CellPlan) -> dict[str, Any]:
-    """The plan as a task parameter. A cosine plan leaves `wsd` out, so that its cell keeps the id it
-    had before WSD existed."""
-    fields = asdict(plan)
-    return fields if plan.wsd is not None else {k: v for k, v in fields.items() if k != "wsd"}
+    """The plan as a task parameter (its identity is `plan_identity`)."""
+    return asdict(plan)
 
 
 def plan_from_dict(plan: dict[str, Any]) -> CellPlan:

@@ -18,8 +18,8 @@ TARGET_ASPECT = 32.0  # d_model / n_layers; Kaplan et al. find loss flat over 20
 SIZE_TOLERANCE = math.log(1.15)
 MAX_D_MODEL, MAX_LAYERS = 8192, 96  # the largest shape that shape_for_params picks from
 CEILING_MATMUL_SIZE = 512  # reaches the BLAS peak on one core: 110 GFLOP/s here, 112 at 1024
+GPU_CEILING_MATMUL_SIZE = 8192  # large enough to saturate a data-centre GPU's tensor cores
 CEILING_REPEATS = 20  # the best of many: on a shared machine some runs lose the core
-BF16_MIN_SPEEDUP = 1.5  # bf16 autocast also casts and keeps fp32 masters; it needs a clear matmul win
 
 
 @dataclass(frozen=True)
@@ -114,26 +114,28 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
 
 
 @functools.cache
-def matmul_flops_per_second(dtype: str) -> float:
-    """This process's matmul ceiling in `dtype` ("float32" or "bfloat16"): the best of a few timed
-    square matmuls, measured once per process with the thread count set at the time."""
+def matmul_flops_per_second(dtype: str, device: str = "cpu") -> float:
+    """This process's matmul ceiling in `dtype` ("float32" or "bfloat16") on `device` ("cpu", or "cuda"
+    for the current GPU): the best of a few timed square matmuls, measured once per process (on the CPU
+    with the thread count set at the time)."""
     import torch
 
-    a = torch.randn(CEILING_MATMUL_SIZE, CEILING_MATMUL_SIZE).to(getattr(torch, dtype))
+    size = CEILING_MATMUL_SIZE if device == "cpu" else GPU_CEILING_MATMUL_SIZE
+    a = torch.randn(size, size, device=device).to(getattr(torch, dtype))
     torch.mm(a, a)  # first call pays one-off kernel selection
+    sync = getattr(torch, device).synchronize if device != "cpu" else (lambda: None)  # torch.cuda, torch.mps
     best_seconds = math.inf
     for _ in range(CEILING_REPEATS):
+        sync()
         started = time.perf_counter()
         torch.mm(a, a)
+        sync()
         best_seconds = min(best_seconds, time.perf_counter() - started)
-    return 2 * CEILING_MATMUL_SIZE**3 / best_seconds
+    return 2 * size**3 / best_seconds
 
 
-def model_flops_utilization(tokens_per_second: float, flops_per_token: float, dtype: str) -> float:
-    """Achieved training FLOP/s as a share of the measured matmul ceiling in `dtype`."""
-    return tokens_per_second * flops_per_token / matmul_flops_per_second(dtype)
-
-
-def bf16_pays() -> bool:
-    """Whether this machine's bf16 matmuls beat fp32 ones (CPUs without bf16 units emulate them)."""
-    return matmul_flops_per_second("bfloat16") > BF16_MIN_SPEEDUP * matmul_flops_per_second("float32")
+def model_flops_utilization(
+    tokens_per_second: float, flops_per_token: float, dtype: str, device: str = "cpu"
+) -> float:
+    """Achieved training FLOP/s as a share of the measured matmul ceiling in `dtype` on `device`."""
+    return tokens_per_second * flops_per_token / matmul_flops_per_second(dtype, device)

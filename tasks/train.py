@@ -8,29 +8,21 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
-from tasks.cell import CellPlan, Checkpoints, plan_columns, schedule_multiplier
+from tasks.cell import CellPlan, Checkpoints, Dtype, plan_columns, schedule_multiplier
 from tasks.checkpoints import load_checkpoint, save_checkpoint
 from tasks.checkpoints import snapshot_name as snapshot_name  # re-exported: tasks.steps imports it here
+from tasks.device import Placement, placement
 from tasks.evaluate import evaluate
 from tasks.evaluate import generate_sample as generate_sample  # re-exported, as snapshot_name
 from tasks.head_loss import TiedHeadLoss
-from tasks.model import (
-    bf16_pays,
-    build_model,
-    count_params,
-    model_flops_utilization,
-    training_flops_per_token,
-)
+from tasks.model import build_model, count_params, model_flops_utilization, training_flops_per_token
 from tasks.windows import sequence_order, windows
 
 DIVERGENCE_FACTOR = 2.0  # a loss above this times the uniform-guess loss counts as exploding
-
-Precision = Literal["float32", "bfloat16"]
 
 
 @dataclass(frozen=True)
@@ -99,19 +91,20 @@ def train_cell(
     trains only its cooldown, to the numbers of a run from the first step. A diverged run is reported in
     the outcome, not raised.
     """
-    run = _start(plan, checkpoints)
-    resumed_from_step = run.progress.step
-    if branch_from is not None and not resumed_from_step:
-        run = _branch(run, plan, branch_from)
-    diverged = _train_steps(plan, run, train_stream, plan.steps, _curve_every(plan), checkpoints)
-    steps_done = plan.steps if diverged is None else diverged.step
-    progress = run.progress
-    row = _result_row(plan, run.learner, train_stream, steps_done, progress.train_seconds, progress.curve)
-    row["resumed_from_step"] = resumed_from_step
-    if diverged is not None:
-        return CellOutcome(row | diverged.columns(), progress.curve)
-    row |= evaluate(run.learner.model, val_stream, token_bytes, plan.context, plan.val_tokens)
-    run.learner.model.save_pretrained(model_dir)
+    with placement(plan.device) as place:
+        run = _start(plan, checkpoints, place)
+        resumed_from_step = run.progress.step
+        if branch_from is not None and not resumed_from_step:
+            run = _branch(run, plan, branch_from)
+        diverged = _train_steps(plan, run, train_stream, plan.steps, _curve_every(plan), checkpoints)
+        steps_done = plan.steps if diverged is None else diverged.step
+        progress = run.progress
+        row = _result_row(plan, run.learner, train_stream, steps_done, progress.train_seconds, progress.curve)
+        row["resumed_from_step"] = resumed_from_step
+        if diverged is not None:
+            return CellOutcome(row | diverged.columns(), progress.curve)
+        row |= evaluate(run.learner.model, val_stream, token_bytes, plan.context, plan.val_tokens)
+        run.learner.model.save_pretrained(model_dir)  # safetensors, which any device loads
     return CellOutcome(row, progress.curve)
 
 
@@ -126,11 +119,12 @@ def train_trunk(
     the last of `branch_steps`, saving a snapshot in the checkpoint format after each branch step, as
     `snapshot_dir / snapshot_name(step)`. Returns its record; a divergence is reported there, not raised.
     """
-    run = _start(plan, checkpoints)
-    resumed_from_step = run.progress.step
-    snapshots = {step: snapshot_dir / snapshot_name(step) for step in branch_steps}
-    # a point per step: each branch rebuilds its own curve from them (see _branch)
-    diverged = _train_steps(plan, run, train_stream, max(branch_steps), 1, checkpoints, snapshots)
+    with placement(plan.device) as place:
+        run = _start(plan, checkpoints, place)
+        resumed_from_step = run.progress.step
+        snapshots = {step: snapshot_dir / snapshot_name(step) for step in branch_steps}
+        # a point per step: each branch rebuilds its own curve from them (see _branch)
+        diverged = _train_steps(plan, run, train_stream, max(branch_steps), 1, checkpoints, snapshots)
     outcome = (
         {"status": "ok", "error": None, "diverged_step": None} if diverged is None else diverged.columns()
     )
@@ -141,9 +135,9 @@ def train_trunk(
     }
 
 
-def _start(plan: CellPlan, checkpoints: Checkpoints | None) -> Run:
-    model = build_model(plan.shape, plan.vocab_size, plan.context, plan.seed)
-    learner = make_learner(model, plan)
+def _start(plan: CellPlan, checkpoints: Checkpoints | None, place: Placement) -> Run:
+    model = build_model(plan.shape, plan.vocab_size, plan.context, plan.seed).to(place.device)
+    learner = make_learner(model, plan, place)
     schedule = lr_schedule(learner.optimizer, plan)
     return Run(learner, schedule, _resume(checkpoints, model, learner.optimizer, schedule))
 
@@ -191,7 +185,7 @@ def _train_steps(
     for step in range(progress.step, until):
         rows = order[step * plan.batch_size : (step + 1) * plan.batch_size]
         loss = run.learner.step(torch.from_numpy(train_windows[rows].astype(np.int64)))
-        now = time.perf_counter()
+        now = time.perf_counter()  # the loss came back from the device: its step is done
         progress.train_seconds += now - clock
         clock = now
         if not math.isfinite(loss) or loss > explode_at:
@@ -221,26 +215,38 @@ class Learner:
     optimizer: torch.optim.Optimizer
     params: list[torch.nn.Parameter]
     grad_clip: float
-    precision: Precision
+    precision: Dtype
+    place: Placement
+    micro_batch_size: int | None = None
 
     def step(self, batch: torch.Tensor) -> float:
-        """One optimizer step on a (batch, context + 1) block of token ids; returns the mean loss."""
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
+        """One optimizer step on a (batch, context + 1) block of token ids on the CPU, a micro-batch at
+        a time with their gradients accumulated; returns the mean loss."""
+        self.optimizer.zero_grad(set_to_none=True)
+        parts = batch.split(self.micro_batch_size or len(batch))
+        total = None
+        for part in parts:
+            share = len(part) / len(batch)  # 1.0 for a whole batch: the same numbers as no accumulation
+            loss = self._loss(self.place.batch(part)) * share
+            loss.backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.optimizer.step()
+        return total.item()
+
+    def _loss(self, batch: torch.Tensor) -> torch.Tensor:
+        with self.place.autocast(self.precision):
             hidden = self.body(input_ids=batch[:, :-1]).last_hidden_state
         # the head stays fp32, outside autocast: its in-place steps must not meet bf16 operands
-        loss = TiedHeadLoss.apply(
+        return TiedHeadLoss.apply(
             hidden.reshape(-1, hidden.shape[-1]).float(),
             self.model.lm_head.weight,
             batch[:, 1:].reshape(-1),
         )
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-        self.optimizer.step()
-        return loss.item()
 
 
-def make_learner(model: torch.nn.Module, plan: CellPlan) -> Learner:
+def make_learner(model: torch.nn.Module, plan: CellPlan, place: Placement) -> Learner:
+    """The learner of a model already on `place`'s device."""
     body = torch.compile(model.model) if plan.compile else model.model
     return Learner(
         model,
@@ -248,15 +254,10 @@ def make_learner(model: torch.nn.Module, plan: CellPlan) -> Learner:
         make_optimizer(model, plan),
         list(model.parameters()),
         plan.grad_clip,
-        precision_for(plan),
+        plan.dtype,
+        place,
+        plan.micro_batch_size,
     )
-
-
-def precision_for(plan: CellPlan) -> Precision:
-    """bf16 autocast for models from `plan.bf16_min_params` non-embedding parameters up, on machines
-    whose bf16 matmuls beat fp32: below that size bf16 gains nothing (the step is memory-bound)."""
-    large = plan.bf16_min_params is not None and plan.shape.params_nonembedding() >= plan.bf16_min_params
-    return "bfloat16" if large and bf16_pays() else "float32"
 
 
 def lr_schedule(
@@ -270,14 +271,16 @@ def lr_schedule(
 
 
 def make_optimizer(model: torch.nn.Module, plan: CellPlan) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only; fused: one kernel per parameter, not ten."""
+    """AdamW with weight decay on matrices only; fused (one kernel per parameter, not ten) on the CPU and
+    CUDA, where torch has that kernel. The model must be on its device already."""
     matrices = [p for p in model.parameters() if p.dim() >= 2]
     vectors = [p for p in model.parameters() if p.dim() < 2]
     groups = [
         {"params": matrices, "weight_decay": plan.weight_decay},
         {"params": vectors, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=plan.lr, betas=(plan.beta1, plan.beta2), fused=True)
+    fused = matrices[0].device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, lr=plan.lr, betas=(plan.beta1, plan.beta2), fused=fused or None)
 
 
 def _curve_point(plan: CellPlan, step: int, losses: list[float], lr: float) -> dict:
@@ -310,9 +313,12 @@ def _result_row(
         "train_loss_nats": curve[-1]["train_loss_nats"] if curve else None,
         "train_seconds": seconds,
         "tokens_per_second": tokens_per_second,
-        "mfu": model_flops_utilization(tokens_per_second, flops["with_attention"], learner.precision)
+        "mfu": model_flops_utilization(
+            tokens_per_second, flops["with_attention"], learner.precision, learner.place.device.type
+        )
         if tokens_per_second
         else None,
         "precision": learner.precision,
+        "device": learner.place.name,
         "compiled": plan.compile,
     }

@@ -25,7 +25,7 @@ from tasks.evaluate import evaluate, generate_sample
 from tasks.head_loss import TiedHeadLoss, next_token_nats
 from tasks.identity import step_fingerprint
 from tasks.model import ModelShape, build_model, count_params, shape_for_params
-from tasks.train import Learner, lr_schedule, precision_for, train_cell, train_trunk
+from tasks.train import Learner, lr_schedule, train_cell, train_trunk
 from tasks.windows import sequence_order, windows
 
 
@@ -283,13 +283,13 @@ def test_per_size_overrides_and_the_rule_reach_the_cells():
     assert {p.lr for p in cell_plans(PRESETS["smoke"], 512, 10**6, 10**5)} == {5e-3}
 
 
-def test_bf16_only_for_large_models_on_machines_where_it_pays(monkeypatch):
-    monkeypatch.setattr("tasks.train.bf16_pays", lambda: True)
-    assert precision_for(tiny_plan(bf16_min_params=1000)) == "bfloat16"
-    assert precision_for(tiny_plan(bf16_min_params=10**6)) == "float32"
-    assert precision_for(tiny_plan(bf16_min_params=None)) == "float32"
-    monkeypatch.setattr("tasks.train.bf16_pays", lambda: False)
-    assert precision_for(tiny_plan(bf16_min_params=1000)) == "float32"
+def test_precision_is_the_plans_alone_and_auto_by_size_takes_bf16_from_the_threshold_up():
+    """No benchmark of the machine decides numerics: the plan does, the same on every machine."""
+    assert tiny_plan(bf16_min_params=1000).dtype == "bfloat16"  # N = 3.1k
+    assert tiny_plan(bf16_min_params=10**6).dtype == "float32"
+    assert tiny_plan(bf16_min_params=None).dtype == "float32"
+    assert tiny_plan(precision="bf16").dtype == "bfloat16"
+    assert tiny_plan(precision="fp32", bf16_min_params=1000).dtype == "float32"
 
 
 def test_a_bad_lr_gets_one_sentence():
