@@ -326,6 +326,8 @@ PRESETS: dict[str, SweepSpec] = {
             tokens_per_param=25,
         ),
         train=TrainSpec(context=128, batch_size=8, schedule="wsd", warmup_fraction=0.4, min_steps=200),
+        # the cells share the windows, so the law hardly moves with fewer (docs/pilots.md, section 7)
+        eval=EvalSpec(val_tokens=16384),
         fit=FitSpec(bootstrap=1000, huber_delta=1e-2),
     ),
     # A real-scale sweep for one GPU (README, "Training on GPUs"): IsoFLOP profiles at four budgets,
