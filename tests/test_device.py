@@ -170,7 +170,7 @@ def preset_ids(name: str) -> list[str]:
 def test_presets_keep_every_cell_and_trunk_id_and_precision_is_identity_but_device_is_not():
     # the digest of every id of each preset: smoke's computed by the code before train.precision
     # existed; default's since its evaluation took 16,384 held-out tokens instead of 65,536
-    # default alone was e02dd614c58674e7 before that; the two together dc7a48ccd18ca148)
+    # (default alone was e02dd614c58674e7 before that; the two together dc7a48ccd18ca148)
     def digest(name: str) -> str:
         return hashlib.sha256(" ".join(preset_ids(name)).encode()).hexdigest()[:16]
 
