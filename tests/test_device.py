@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_documents
+from test_training import tiny_plan
 
 from flows.plan import _fp32_as_before, cell_params, cell_plans, grid_params, sweep_id
 from flows.runtime import local_gpu_workers
@@ -29,7 +30,6 @@ from tasks.device import (
     worker_gpu_plan,
 )
 from tasks.identity import step_fingerprint
-from tasks.model import ModelShape
 from tasks.train import _curve_every, _start, _train_steps, train_cell
 
 HAS_CUDA = torch.cuda.is_available()
@@ -46,19 +46,8 @@ def data():
 
 
 def plan(**changes) -> CellPlan:
-    fields = dict(
-        shape=ModelShape(16, 1),
-        params_target=3000,
-        vocab_size=300,
-        context=32,
-        tokens_target=8192,
-        batch_size=8,
-        seed=0,
-        lr=3e-3,
-        val_tokens=1024,
-        sample_tokens=0,
-    )
-    return CellPlan(**(fields | changes))
+    """test_training's tiny plan without a sample: these tests compare runs, not text."""
+    return tiny_plan(**({"sample_tokens": 0} | changes))
 
 
 def without_timing(row: dict) -> dict:
