@@ -21,7 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.plan import SweepPlan, model_shape
-from flows.spec import MAX_BOOTSTRAP, PRESETS, ExtraCell, SweepSpec, describe_validation_error, validate_spec
+from flows.spec import MAX_BOOTSTRAP, PRESETS, ExtraCell, SweepSpec, validate_spec
+from flows.spec_errors import describe_validation_error
 from flows.status import stored_plan
 from flows.sweep import FLOW_RESULTS, CellsFailed, artifact_key, scaling_sweep
 from storage import datasets
