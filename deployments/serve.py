@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
+from flows.api import free_port, wait_healthy
 from flows.refit import refit_sweep
 from flows.spec import PRESETS
 from flows.suggest import suggest_cells
@@ -50,23 +48,6 @@ def project_deployments() -> list[RunnerDeployment]:
             description="Finish missing or failed cells, refresh fit and report (schedule off by default).",
         ),
     ]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-
-
-def wait_healthy(api_url: str, timeout_seconds: float = 120) -> None:
-    """Poll the server's health endpoint until it answers (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), urllib.request.urlopen(f"{api_url}/health", timeout=2) as answer:
-            if answer.status == 200:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"the Prefect server at {api_url} did not become healthy in {timeout_seconds:.0f} s")
 
 
 @contextlib.contextmanager

@@ -223,15 +223,19 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_flow(spec: SweepSpec) -> tuple[dict | None, Exception | None]:
     """The sweep's Prefect flow, with a progress bar: (its summary, None) or (None, the cells failed)."""
-    from flows import progress
-    from flows.sweep import CellsFailed, scaling_sweep, start_prefect_api
+    from flows.api import prefect_api
 
-    start_prefect_api()
-    with progress.terminal_progress(console):
-        try:
-            return scaling_sweep(spec), None
-        except CellsFailed as error:
-            return None, error
+    with prefect_api() as api:
+        from flows import progress  # the flow's code, imported while the API starts
+        from flows.sweep import CellsFailed, early_workers
+
+        with early_workers(spec) as sweep:  # so do the workers
+            api.wait_ready()
+            with progress.terminal_progress(console):
+                try:
+                    return sweep(spec), None
+                except CellsFailed as error:
+                    return None, error
 
 
 def _print_laws(fits: dict) -> None:
@@ -278,8 +282,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _suggest(args: argparse.Namespace) -> int:
+    from flows.api import prefect_api
     from flows.suggest import checked_options, print_summary, suggest_cells
-    from flows.sweep import start_prefect_api
 
     spec = _spec_from(args)
     _existing_store(spec.execution.store)
@@ -292,8 +296,9 @@ def _suggest(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap,
         output=None if args.output is None else str(args.output),
     )
-    start_prefect_api()
-    summary = suggest_cells(spec, **options.model_dump())
+    with prefect_api() as api:
+        api.wait_ready()
+        summary = suggest_cells(spec, **options.model_dump())
     print_summary(summary, console)
     return EXIT_CELLS_FAILED if summary["failed"] else 0
 
@@ -308,21 +313,22 @@ def _serve(args: argparse.Namespace) -> int:
 def _fit(args: argparse.Namespace) -> int:
     if args.csv is not None:
         return fit_csv(args, console)
+    from flows.api import prefect_api
     from flows.refit import refit_sweep
-    from flows.sweep import start_prefect_api
 
     refuse_csv_options(args)
     if args.format == "csv":
         raise InputError("--format csv: applies to --csv only; pass --format table or json with --store.")
     store = _existing_store(args.store or DEFAULT_STORE)
-    start_prefect_api()
-    summary = refit_sweep(
-        store.location,
-        args.sweep,
-        args.params_kind or "nonembedding",
-        args.compute_kind or "6nd",
-        args.target or "nats",
-    )
+    with prefect_api() as api:
+        api.wait_ready()
+        summary = refit_sweep(
+            store.location,
+            args.sweep,
+            args.params_kind or "nonembedding",
+            args.compute_kind or "6nd",
+            args.target or "nats",
+        )
     if args.format == "json":
         print(json.dumps(summary["fits"], indent=1, default=str))
     else:

@@ -15,7 +15,7 @@ from storage.store import fingerprint
 from tasks.cell import CellPlan, WsdSchedule, batch_size_for, lr_for_size
 from tasks.corpus import source_version
 from tasks.errors import InputError
-from tasks.identity import plan_to_dict, step_fingerprint
+from tasks.identity import plan_from_dict, plan_to_dict, step_fingerprint
 from tasks.model import ModelShape, shape_for_params, training_flops_per_token
 
 
@@ -167,6 +167,18 @@ def _check_epochs(spec: SweepSpec, tokens_target: int, train_tokens: int) -> Non
 def training_cost(plan: CellPlan) -> float:
     flops = training_flops_per_token(plan.shape, plan.vocab_size, plan.context)["with_attention"]
     return flops * plan.tokens_target
+
+
+def task_cost(kind: str, params: Mapping[str, Any]) -> float:
+    """The FLOPs a trunk's or a cell's task trains: a trunk up to its last branch step, a WSD cell from
+    its branch step on (its trunk trained the rest)."""
+    plan = plan_from_dict(params["plan"])
+    if kind == "trunks":
+        steps = max(params["branch_steps"])
+    else:
+        steps = plan.steps - (plan.branch_step if params.get("trunk_fp") else 0)
+    flops = training_flops_per_token(plan.shape, plan.vocab_size, plan.context)["with_attention"]
+    return flops * steps * plan.tokens_per_step
 
 
 def corpus_params(spec: SweepSpec, store: str) -> dict:

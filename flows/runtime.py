@@ -1,21 +1,22 @@
-"""The process plumbing a sweep runs in: Prefect's temporary server, the API shared with worker
-processes, progress listeners, workers killed on stop, a signal-friendly wait on futures, and one GPU per
-worker. Plain functions and context managers; the flows in flows/sweep.py use them and hold no plumbing
-of their own."""
+"""The process plumbing a sweep runs in: the API shared with worker processes, progress listeners,
+workers killed on stop, a signal-friendly wait on futures, and one GPU per worker. Plain functions and
+context managers; the flows in flows/sweep.py use them and hold no plumbing of their own."""
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import heapq
+import itertools
 import multiprocessing
 import os
 import queue
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 
 ProgressCallback = Callable[[int, int, dict[str, Any] | None], None]
 _progress_listeners: list[ProgressCallback] = []
@@ -36,22 +37,6 @@ def notify_progress(done: int, total: int, last: dict[str, Any] | None) -> None:
         listener(done, total, last)
 
 
-def start_prefect_api() -> None:
-    """Start this process's temporary Prefect server (when no server is configured) before any flow,
-    one process at a time: two servers that create a new database at once both fail ("index ...
-    already exists"), so two sweeps started together would otherwise crash."""
-    from prefect.settings import get_current_settings
-
-    settings = get_current_settings()
-    if settings.api.url:
-        return
-    settings.home.mkdir(parents=True, exist_ok=True)
-    with open(settings.home / "scalelaw-server.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        with get_client(sync_client=True) as client:
-            client.api_healthcheck()
-
-
 @contextlib.contextmanager
 def api_shared_with_workers() -> Iterator[None]:
     """Worker processes report to this run's API; without this each would start a temporary server."""
@@ -67,6 +52,71 @@ def api_shared_with_workers() -> Iterator[None]:
             os.environ["PREFECT_API_URL"] = previous
 
 
+class EarlyProcessPool(ProcessPoolTaskRunner):
+    """Prefect's process pool, whose workers can start before the flow that trains in them: started
+    while Prefect's server starts and the sweep prepares its data, they have imported torch and
+    transformers (about 5 s of a core each) by the time the first cell is submitted. Prefect enters a
+    flow's task runner through `duplicate()`, which here is the pool itself, already running; leaving
+    it a second time does nothing."""
+
+    def __init__(self, max_workers: int, **options: Any) -> None:
+        super().__init__(max_workers=max_workers, **options)
+        self.workers, self.options = max_workers, options
+        self.entered = self.workers_started = False
+
+    def __reduce__(self) -> tuple:
+        # the flow that runs in the pool names it, and each task takes the flow along: as a pool not
+        # started (a running one holds a queue that only its own workers may have)
+        return (_unstarted_pool, (self.workers, self.options))
+
+    def duplicate(self) -> EarlyProcessPool:
+        return self
+
+    def __enter__(self) -> EarlyProcessPool:
+        if not self.entered:
+            super().__enter__()
+            self.entered = True
+        return self
+
+    def __exit__(self, exc_type: Any, *exc_info: Any) -> None:
+        if not self.entered:
+            return
+        self.entered = False
+        if exc_type is None and getattr(self, "_executor", None) is not None:
+            # every task is done: the idle workers exit on their own (a second or two of tearing down
+            # torch) while the flow goes on to its fits, instead of the flow waiting for them
+            self._executor.shutdown(wait=False)
+            self._executor = None
+        super().__exit__(exc_type, *exc_info)
+
+    def start_workers(self, preload: Callable[[], None]) -> None:
+        """Start every worker on `preload` (which imports what the work needs), once: the executor
+        starts a process for each job that finds no idle worker."""
+        executor = getattr(self, "_executor", None)  # Prefect's; without it the workers start lazily
+        if executor is None or self.workers_started:
+            return
+        self.workers_started = True
+        for _ in range(self.workers):
+            executor.submit(preload)
+
+
+def _unstarted_pool(workers: int, options: dict[str, Any]) -> EarlyProcessPool:
+    return EarlyProcessPool(workers, **options)
+
+
+@contextlib.contextmanager
+def workers_started_early(runner: TaskRunner, preload: Callable[[], None]) -> Iterator[None]:
+    """A local process pool's workers start now (unless they have), on `preload`, while the caller goes
+    on; the flow that trains then enters the running pool and leaves it (or this does, should the
+    caller fail before). Other runners start with the flow that uses them."""
+    if not isinstance(runner, EarlyProcessPool):
+        yield
+        return
+    with runner:
+        runner.start_workers(preload)
+        yield
+
+
 @contextlib.contextmanager
 def workers_killed_when_stopped() -> Iterator[None]:
     """A sweep stopped while cells train (SIGTERM, which Prefect raises as TerminationSignal, or
@@ -80,20 +130,42 @@ def workers_killed_when_stopped() -> Iterator[None]:
         raise
 
 
-def as_finished(futures: list[PrefectFuture]) -> Iterator[PrefectFuture]:
-    """The futures as they finish, waking every second: Python runs signal handlers (SIGTERM, Ctrl-C)
-    in the main thread, and a signal that the kernel gave another thread reaches it only when it wakes."""
-    finished: queue.SimpleQueue[PrefectFuture] = queue.SimpleQueue()
-    for future in futures:
-        future.add_done_callback(finished.put)
-    for _ in futures:
-        while True:
+class CostOrderedQueue:
+    """Jobs submitted most expensive first, no more than `in_flight` of them submitted and unfinished
+    (None: all at once), so that the cheapest jobs come last and no worker waits idle at the end while
+    another finishes a long one. A queue one deeper than the workers keeps every worker busy."""
+
+    def __init__(self, in_flight: int | None) -> None:
+        self.in_flight = in_flight
+        self.waiting: list[tuple[float, int, Hashable, Callable[[], PrefectFuture]]] = []
+        self.added = itertools.count()  # ties go in the order they came
+        self.futures: dict[Hashable, PrefectFuture] = {}  # those submitted, by the job's key
+        self.running: dict[PrefectFuture, Hashable] = {}
+        self.done: queue.SimpleQueue[PrefectFuture] = queue.SimpleQueue()
+
+    def add(self, key: Hashable, cost: float, submit: Callable[[], PrefectFuture]) -> None:
+        """A job, named by `key`, that `submit()` submits."""
+        heapq.heappush(self.waiting, (-cost, next(self.added), key, submit))
+        self._submit_what_fits()
+
+    def finished(self) -> Iterator[tuple[Hashable, PrefectFuture]]:
+        """(key, future) of each job as it finishes, until every job added (also while iterating) is
+        done; waking every second, since Python runs signal handlers (SIGTERM, Ctrl-C) in the main
+        thread and a signal that the kernel gave another thread reaches it only when it wakes."""
+        while self.running:
             try:
-                future = finished.get(timeout=1.0)
+                future = self.done.get(timeout=1.0)
             except queue.Empty:
                 continue
-            yield future
-            break
+            yield self.running.pop(future), future
+            self._submit_what_fits()
+
+    def _submit_what_fits(self) -> None:
+        while self.waiting and (self.in_flight is None or len(self.running) < self.in_flight):
+            *_, key, submit = heapq.heappop(self.waiting)
+            future = self.futures[key] = submit()
+            self.running[future] = key
+            future.add_done_callback(self.done.put)
 
 
 def local_gpu_workers(workers: int, device: str) -> tuple[Callable[..., None], tuple] | None:

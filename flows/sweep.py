@@ -5,11 +5,14 @@ the process plumbing from flows/runtime.py."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from prefect import Task, flow, get_run_logger
+from prefect import Flow, Task, flow, get_run_logger
 from prefect.artifacts import (
     create_link_artifact,
     create_markdown_artifact,
@@ -17,28 +20,31 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
-from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
+from prefect.task_runners import TaskRunner
 
-# The CLI and the progress bar import add/remove_progress_listener and start_prefect_api from here
-# (re-exported, `x as x`).
-from flows.plan import Step, analysis_steps, planned, resolved_plan
-from flows.runtime import add_progress_listener as add_progress_listener
+from flows.plan import Step, analysis_steps, planned, resolved_plan, task_cost
 from flows.runtime import (
+    CostOrderedQueue,
+    EarlyProcessPool,
     api_shared_with_workers,
-    as_finished,
     gpu_request,
     local_gpu_workers,
     notify_progress,
     workers_killed_when_stopped,
+    workers_started_early,
 )
+
+# The progress bar imports add/remove_progress_listener from here (re-exported, `x as x`).
+from flows.runtime import add_progress_listener as add_progress_listener
 from flows.runtime import remove_progress_listener as remove_progress_listener
-from flows.runtime import start_prefect_api as start_prefect_api
 from flows.spec import PRESETS, ExecutionSpec, SweepSpec
 from flows.status import grid_artifact_rows
 from storage.store import Store
 from tasks import steps
 from tasks.identity import reusable, step_fingerprint
+from tasks.model import preload_training
 
 # Each artifact's task, by the kind it builds (its name): the plan's steps name them so.
 STEP_TASKS: dict[str, Task] = {
@@ -61,9 +67,7 @@ def task_runner(execution: ExecutionSpec, device: str = "cpu") -> TaskRunner:
     gpus = local_gpu_workers(execution.workers, device)
     if execution.engine == "processes":
         initializer, initargs = gpus or (None, ())
-        return ProcessPoolTaskRunner(
-            max_workers=execution.workers, initializer=initializer, initargs=initargs
-        )
+        return EarlyProcessPool(execution.workers, initializer=initializer, initargs=initargs)
     from prefect_dask import DaskTaskRunner
 
     if execution.dask_address:
@@ -86,9 +90,11 @@ def _reusable(step: Step) -> bool:
 def scaling_sweep(spec: SweepSpec = PRESETS["default"]) -> dict[str, Any]:
     """Train every cell of the grid on the spec's corpus and fit scaling laws to the results."""
     store = Store(spec.execution.store).location
-    plan = resolved_plan(spec, store, run_step)  # runs the data steps: corpus, vocabulary, tokens
-    runner = task_runner(spec.execution, spec.train.device)
-    with api_shared_with_workers():
+    runner = FlowRunContext.get().task_runner  # a pool started for this flow (see early_workers)
+    if not isinstance(runner, EarlyProcessPool):
+        runner = task_runner(spec.execution, spec.train.device)
+    with api_shared_with_workers(), workers_started_early(runner, preload_training):
+        plan = resolved_plan(spec, store, run_step)  # runs the data steps: corpus, vocabulary, tokens
         cells = train_grid.with_options(task_runner=runner)(plan.params("cells"), plan.params("trunks"))
     sweep = steps.record_sweep(**plan.step("sweeps").params)
     fits, report = fit_and_report(store, spec.name, plan.cell_ids, **spec.fit.model_dump())
@@ -98,6 +104,19 @@ def scaling_sweep(spec: SweepSpec = PRESETS["default"]) -> dict[str, Any]:
         names = ", ".join(f"{c['cell_id']} ({c['status']}: {c['error']})" for c in failed)
         raise CellsFailed(f"{len(failed)} of {len(cells)} cells did not finish: {names}")
     return summary
+
+
+@contextlib.contextmanager
+def early_workers(spec: SweepSpec) -> Iterator[Flow]:
+    """The sweep flow, on a process pool whose workers start now (while, say, Prefect's server starts),
+    when the spec trains in local processes; the plain flow otherwise."""
+    runner = task_runner(spec.execution, spec.train.device)
+    with workers_started_early(runner, preload_training):
+        yield (
+            scaling_sweep.with_options(task_runner=runner)
+            if isinstance(runner, EarlyProcessPool)
+            else scaling_sweep
+        )
 
 
 def fit_and_report(
@@ -136,6 +155,7 @@ def train_grid(grid: list[dict], trunks: list[dict] | None = None) -> list[dict]
 
     A WSD cell is submitted once the trunk it branches from is done (so no worker waits idle on a
     trunk); only the trunks of cells still to train are run, and a complete trunk is not retrained.
+    On a local pool, the trunks and cells ready to train go to the workers most expensive first.
     """
     progress = create_progress_artifact(0.0, description="Grid cells finished")
     results: dict[str, dict] = {}
@@ -149,21 +169,29 @@ def train_grid(grid: list[dict], trunks: list[dict] | None = None) -> list[dict]
     count = sum(len(cells) for cells in to_train.values())
     get_run_logger().info("%d cells complete, %d to train", len(results), count)
     _report_progress(grid, results, progress, None, {})
+    runner = FlowRunContext.get().task_runner
+    jobs = CostOrderedQueue(runner.workers + 1 if isinstance(runner, EarlyProcessPool) else None)
+
+    def add_cell(params: dict, trunk: PrefectFuture | None = None) -> None:
+        submit = functools.partial(_submit_cell, params, trunk)
+        jobs.add(("cells", _cell_fp(params)), task_cost("cells", params), submit)
+
     with workers_killed_when_stopped():
-        submitted = {_cell_fp(params): _submit_cell(params) for params in to_train.pop(None, [])}
-        trunk_futures = [
-            _submit_trunk(trunk)
-            for trunk in trunks or []
-            if step_fingerprint(steps.train_grid_trunk.name, trunk) in to_train
-        ]
-        for trunk in as_finished(trunk_futures):
-            submitted |= {
-                _cell_fp(params): _submit_cell(params, trunk) for params in to_train[trunk.result()["fp"]]
-            }
-        for future in as_finished(list(submitted.values())):
+        for params in to_train.pop(None, []):
+            add_cell(params)
+        for trunk in trunks or []:
+            if (fp := step_fingerprint(steps.train_grid_trunk.name, trunk)) in to_train:
+                jobs.add(("trunks", fp), task_cost("trunks", trunk), functools.partial(_submit_trunk, trunk))
+        for (kind, fp), future in jobs.finished():
+            if kind == "trunks":
+                future.result()  # a trunk that crashed (not one that failed and says so) stops the sweep
+                for params in to_train[fp]:
+                    add_cell(params, future)
+                continue
             record = future.result()
             results[record["cell_id"]] = record
-            _report_progress(grid, results, progress, record, submitted)
+            cells = {key[1]: future for key, future in jobs.futures.items() if key[0] == "cells"}
+            _report_progress(grid, results, progress, record, cells)
     return list(results.values())
 
 

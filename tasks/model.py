@@ -106,6 +106,14 @@ def build_model(shape: ModelShape, vocab_size: int, context: int, seed: int) -> 
     return LlamaForCausalLM(config)
 
 
+def preload_training() -> None:
+    """Import what building and training a model needs (torch, transformers' Llama classes), for a
+    worker process started ahead of its first cell."""
+    from transformers import LlamaForCausalLM  # noqa: F401
+
+    import tasks.train  # noqa: F401 (torch)
+
+
 def count_params(model: torch.nn.Module) -> tuple[int, int]:
     """(non-embedding, total) parameters of a built model; tied weights are counted once."""
     total = sum(p.numel() for p in model.parameters())

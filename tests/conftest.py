@@ -71,7 +71,8 @@ def shared_api_url() -> str:
     (about 15 s apiece). The smoke sweep alone runs as a user without a server does. Under xdist the
     controller's server serves every worker."""
     if not _shared_api_url:
-        from deployments.serve import prefect_server, wait_healthy
+        from deployments.serve import prefect_server
+        from flows.api import wait_healthy
 
         if url := os.environ.get(WORKERS_API_URL):
             wait_healthy(url)
@@ -89,7 +90,8 @@ def pytest_configure(config) -> None:
     """xdist's controller starts the workers' server while they start and collect: one server, not one
     per worker, ready by the time a test needs it. Nothing reads the server's state across tests."""
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
-        from deployments.serve import free_port, prefect_server
+        from deployments.serve import prefect_server
+        from flows.api import free_port
 
         port = free_port()
         os.environ[WORKERS_API_URL] = f"http://127.0.0.1:{port}/api"

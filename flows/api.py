@@ -1,0 +1,156 @@
+"""Prefect's API for the flows a command runs: the configured server, or a temporary one.
+
+Without a configured server Prefect would start its own temporary server at the first API call, in the
+flow's critical path: importing the server's code into this process (about 3 s), creating the
+database on a fresh PREFECT_HOME, registering every block type. `prefect_api` starts the same server
+(uvicorn on Prefect's app, UI off) as a subprocess at once, so that it comes up while this process
+imports the flow's code, without the block registration (its UI is off and nothing here uses
+blocks), and makes it the API of this process and of every worker process it starts."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+HEALTH_TIMEOUT_SECONDS = 120
+# Prefect's app served by uvicorn, as Prefect starts its own temporary server
+UVICORN = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app"]
+UVICORN += ["--host", "127.0.0.1", "--log-level", "error", "--lifespan", "on"]
+PORT_TAKEN_EXIT_STATUS = 3  # uvicorn's exit status when the port was taken after we chose it
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def is_healthy(api_url: str) -> bool:
+    with contextlib.suppress(OSError), urllib.request.urlopen(f"{api_url}/health", timeout=2) as answer:
+        return answer.status == 200
+    return False
+
+
+def wait_healthy(api_url: str, timeout_seconds: float = HEALTH_TIMEOUT_SECONDS) -> None:
+    """Poll the server's health endpoint until it answers (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout_seconds
+    while not is_healthy(api_url):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the Prefect server at {api_url} did not answer in {timeout_seconds:.0f} s")
+        time.sleep(0.1)
+
+
+class TemporaryServer:
+    """Prefect's server on a free loopback port, started by `start` and stopped by `stop`.
+
+    Two servers that create a new database at once both fail ("index ... already exists"), so a
+    server is started under a lock in PREFECT_HOME that is held until it answers."""
+
+    def __init__(self, home: Path, settings_env: dict[str, str]) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        self.lock = open(home / "scalelaw-server.lock", "w")  # noqa: SIM115 (released in `wait_ready`)
+        self.env = {
+            **os.environ,
+            **settings_env,
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",  # Prefect's temporary-server mode: its few services only
+            "PREFECT__SERVER_FINAL": "1",
+            "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no telemetry from a throwaway server
+        }
+        self.process: subprocess.Popen | None = None
+        self.api_url = ""
+
+    def start(self) -> None:
+        fcntl.flock(self.lock, fcntl.LOCK_EX)
+        port = free_port()
+        self.api_url = f"http://127.0.0.1:{port}/api"
+        self.process = subprocess.Popen(
+            [*UVICORN, "--port", str(port)],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+
+    def wait_ready(self) -> None:
+        """Return once the server answers; start it again on another port if its port was taken."""
+        deadline = time.monotonic() + HEALTH_TIMEOUT_SECONDS
+        try:
+            while not is_healthy(self.api_url):
+                status = self.process.poll()
+                if status == PORT_TAKEN_EXIT_STATUS:
+                    self.start()
+                elif status is not None:
+                    raise RuntimeError(f"Prefect's temporary server exited with status {status}")
+                elif time.monotonic() > deadline:
+                    raise TimeoutError(f"Prefect's server did not answer in {HEALTH_TIMEOUT_SECONDS} s")
+                time.sleep(0.1)
+        finally:
+            fcntl.flock(self.lock, fcntl.LOCK_UN)
+
+    def stop(self) -> None:
+        """Ask the server to stop, without waiting for it: it finishes writing what it was sent and
+        exits on its own."""
+        self.lock.close()
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+
+
+class Api:
+    """What `prefect_api` yields: `wait_ready()` returns once the API answers."""
+
+    def __init__(self, server: TemporaryServer | None) -> None:
+        self.server = server
+
+    def wait_ready(self) -> None:
+        if self.server is not None:
+            self.server.wait_ready()
+
+
+@contextlib.contextmanager
+def prefect_api() -> Iterator[Api]:
+    """The configured Prefect API, or a temporary server started now in the background and stopped at
+    the end; PREFECT_API_URL names it for this process and the processes it starts meanwhile. Call
+    the yielded `wait_ready()` before the first flow."""
+    import prefect.context
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    settings = get_current_settings()
+    if settings.api.url:
+        yield Api(None)
+        return
+    server = TemporaryServer(settings.home, settings.to_environment_variables(exclude_unset=True))
+    server.start()
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = server.api_url
+    # Prefect read its settings on import: its threads read the global ones, this thread its own
+    prefect.context.refresh_global_settings_context()
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield Api(server)
+    finally:
+        _drain_prefect_clients()
+        server.stop()
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
+        prefect.context.refresh_global_settings_context()
+
+
+def _drain_prefect_clients() -> None:
+    """Send the logs and events still queued in this process before the server goes."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(RuntimeError):
+            worker.drain_all(timeout=5)

@@ -1,0 +1,110 @@
+"""The plumbing a sweep runs in: Prefect's temporary server started in the background, and a process
+pool whose workers start before the flow that uses them."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from conftest import shared_server_here
+from prefect import flow, task
+from prefect.client.orchestration import get_client
+from prefect.runtime import flow_run
+from prefect.settings import PREFECT_HOME, temporary_settings
+
+from flows.api import is_healthy, prefect_api
+from flows.runtime import CostOrderedQueue, EarlyProcessPool
+
+
+@task
+def worker_pid() -> int:
+    return os.getpid()
+
+
+@flow
+def pids_of_tasks(count: int) -> list[int]:
+    return [future.result() for future in [worker_pid.submit() for _ in range(count)]]
+
+
+@flow
+def this_flow_run_id() -> str:
+    return flow_run.id
+
+
+def wait_for(condition, timeout_seconds: float = 60) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_a_flow_runs_its_tasks_in_the_workers_started_before_it():
+    """Catches a pool that starts new workers for the flow (Prefect enters a fresh duplicate of a flow's
+    task runner), one that cannot travel with the flow to its tasks (a started pool holds a queue that
+    only inheritance may share), and a pool whose workers outlive the flow."""
+    pool = EarlyProcessPool(2)
+    with shared_server_here(), pool:
+        pool.start_workers(os.getpid)
+        wait_for(lambda: len(multiprocessing.active_children()) >= 2)
+        started = {process.pid for process in multiprocessing.active_children()}
+        pids = pids_of_tasks.with_options(task_runner=pool)(4)
+        assert not pool.entered, "the flow leaves the pool it entered"
+    assert set(pids) <= started
+    wait_for(lambda: not multiprocessing.active_children())
+
+
+def test_without_a_configured_server_flows_report_to_a_temporary_one(tmp_path):
+    """Catches a flow that starts Prefect's own temporary server instead (this process's settings not
+    pointing at ours), a server that a fresh PREFECT_HOME does not bring up, and one left running."""
+    with temporary_settings({PREFECT_HOME: str(tmp_path)}), prefect_api() as api:
+        api_url = os.environ["PREFECT_API_URL"]
+        api.wait_ready()
+        run_id = this_flow_run_id()
+        with get_client(sync_client=True) as client:
+            assert str(client.api_url).rstrip("/") == api_url
+            assert client.read_flow_run(run_id).state.is_completed()
+    assert "PREFECT_API_URL" not in os.environ
+    wait_for(lambda: not is_healthy(api_url), timeout_seconds=30)
+
+
+def test_with_a_configured_server_nothing_is_started():
+    with shared_server_here(), prefect_api() as api:
+        assert api.server is None
+
+
+# how long each job runs, far enough apart that the order they finish in is certain
+SECONDS = {"small": 0.02, "large": 0.3, "medium": 1.0, "late": 0.05, "tiny": 0.02}
+
+
+def test_jobs_go_most_expensive_first_and_no_more_than_allowed_at_once():
+    """Catches a queue that submits in the order jobs came (the longest job last, a worker idle while
+    it trains), one that floods the workers (the order then is the executor's, first come first
+    served), and one that loses a job added while others run (a trunk's cells)."""
+    submitted: list[str] = []
+    running, most_running = set(), [0]
+    with ThreadPoolExecutor(4) as executor:
+
+        def job(name: str) -> Callable[[], Future]:
+            def submit() -> Future:
+                submitted.append(name)
+                running.add(name)
+                most_running[0] = max(most_running[0], len(running))
+                return executor.submit(time.sleep, SECONDS[name])
+
+            return submit
+
+        jobs = CostOrderedQueue(in_flight=2)
+        for name, cost in [("small", 1.0), ("large", 9.0), ("medium", 5.0), ("tiny", 0.5)]:
+            jobs.add(name, cost, job(name))
+        finished = []
+        for name, _ in jobs.finished():
+            running.discard(name)
+            finished.append(name)
+            if name == "large":  # done while medium runs: late, dearer than tiny, goes before it
+                jobs.add("late", 7.0, job("late"))
+    assert submitted == ["small", "large", "medium", "late", "tiny"]
+    assert most_running[0] == 2
+    assert sorted(finished) == sorted(submitted)
