@@ -24,7 +24,7 @@ HEALTH_TIMEOUT_SECONDS = 120
 # Prefect's app served by uvicorn, as Prefect starts its own temporary server
 UVICORN = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app"]
 UVICORN += ["--host", "127.0.0.1", "--log-level", "error", "--lifespan", "on"]
-PORT_TAKEN_EXIT_STATUS = 3  # uvicorn's exit status when the port was taken after we chose it
+PORT_TAKEN = 3  # uvicorn's exit status when the port was taken after it was chosen
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -81,16 +81,15 @@ class TemporaryServer:
         )
 
     def wait_ready(self) -> None:
-        """Return once the server answers; start it again on another port if its port was taken."""
+        """Return once the server answers."""
         deadline = time.monotonic() + HEALTH_TIMEOUT_SECONDS
         try:
             while not is_healthy(self.api_url):
                 status = self.process.poll()
-                if status == PORT_TAKEN_EXIT_STATUS:
-                    self.start()
-                elif status is not None:
-                    raise RuntimeError(f"Prefect's temporary server exited with status {status}")
-                elif time.monotonic() > deadline:
+                if status is not None:  # not restarted elsewhere: the workers know this URL already
+                    why = " (its port was taken meanwhile: run again)" if status == PORT_TAKEN else ""
+                    raise RuntimeError(f"Prefect's temporary server exited with status {status}{why}")
+                if time.monotonic() > deadline:
                     raise TimeoutError(f"Prefect's server did not answer in {HEALTH_TIMEOUT_SECONDS} s")
                 time.sleep(0.1)
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -227,9 +228,11 @@ def _run_flow(spec: SweepSpec) -> tuple[dict | None, Exception | None]:
 
     with prefect_api() as api:
         from flows import progress  # the flow's code, imported while the API starts
-        from flows.sweep import CellsFailed, early_workers
+        from flows.status import trains_cells
+        from flows.sweep import CellsFailed, early_workers, scaling_sweep
 
-        with early_workers(spec) as sweep:  # so do the workers
+        workers = early_workers(spec) if trains_cells(spec) else contextlib.nullcontext(scaling_sweep)
+        with workers as sweep:  # so do the workers, when there is training to do
             api.wait_ready()
             with progress.terminal_progress(console):
                 try:

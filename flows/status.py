@@ -102,12 +102,19 @@ def _unfinished(store: Store, cell_id: str, plan: CellPlan, checkpoint_seconds: 
     return replace(_missing(plan, cell_id), state=state)
 
 
+def trains_cells(spec: SweepSpec, plan: SweepPlan | None = None) -> bool:
+    """Whether a run of the spec has trunks or cells to train (so far as the store tells: yes while
+    its data is not prepared). `plan`: the spec's `stored_plan`, when already read."""
+    plan = plan or stored_plan(spec)
+    return not plan.known or any(cell.state != "done" for cell in grid_status(spec, plan))
+
+
 def stored_sweep(spec: SweepSpec) -> dict | None:
     """What a run of the spec would return when its cells and every step after them (the sweep's
     record, fits, report) are all complete in the store (found without Prefect); None when anything is
     left to do."""
     plan = stored_plan(spec)
-    if not plan.known or any(cell.state != "done" for cell in grid_status(spec, plan)):
+    if trains_cells(spec, plan):
         return None
     store = Store(spec.execution.store)
     records = {step.kind: store.marker(step.kind, step.fp) for step in plan.after_training}

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import SMOKE_CELLS, finished_at, run_cli
 
+from flows.spec import load_spec, validate_spec
+from flows.status import trains_cells
 from storage.catalog import open_catalog
 from storage.store import Store
 
@@ -138,3 +140,14 @@ def test_the_verdict_distrusts_the_smoke_law_and_the_check_views_are_queryable(s
     }
     assert "N_span" in rules  # 3k to 20k parameters: under a decade
     assert con.execute("select distinct target from fits").fetchall() == [("nats",)]
+
+
+def test_workers_start_ahead_only_for_a_run_with_cells_to_train(smoke, tmp_path):
+    """Catches a rerun that trains nothing (its cells done, a fit option changed) starting workers
+    anyway, which would import torch on both cores beside the fits, and a fresh store that is taken
+    for a finished one."""
+    data = load_spec("smoke").model_dump()
+    data["execution"]["store"] = str(smoke["store"])
+    assert not trains_cells(validate_spec(data))
+    data["execution"]["store"] = str(tmp_path / "empty")
+    assert trains_cells(validate_spec(data))
