@@ -16,7 +16,7 @@ from prefect.runtime import flow_run
 from prefect.settings import PREFECT_HOME, temporary_settings
 
 from flows.api import is_healthy, prefect_api
-from flows.runtime import CostOrderedQueue, EarlyProcessPool
+from flows.runtime import CostOrderedQueue, EarlyProcessPool, api_shared_with_workers
 
 
 @task
@@ -46,7 +46,7 @@ def test_a_flow_runs_its_tasks_in_the_workers_started_before_it():
     task runner), one that cannot travel with the flow to its tasks (a started pool holds a queue that
     only inheritance may share), and a pool whose workers outlive the flow."""
     pool = EarlyProcessPool(2)
-    with shared_server_here(), pool:
+    with shared_server_here(), api_shared_with_workers(), pool:  # as the sweep starts its workers
         pool.start_workers(os.getpid)
         wait_for(lambda: len(multiprocessing.active_children()) >= 2)
         started = {process.pid for process in multiprocessing.active_children()}
