@@ -39,10 +39,17 @@ def is_healthy(api_url: str) -> bool:
     return False
 
 
-def wait_healthy(api_url: str, timeout_seconds: float = HEALTH_TIMEOUT_SECONDS) -> None:
-    """Poll the server's health endpoint until it answers (no fixed sleeps)."""
+def wait_healthy(
+    api_url: str, timeout_seconds: float = HEALTH_TIMEOUT_SECONDS, server: subprocess.Popen | None = None
+) -> None:
+    """Poll the server's health endpoint until it answers (no fixed sleeps); `server`: its process,
+    whose exit ends the wait with the reason."""
     deadline = time.monotonic() + timeout_seconds
     while not is_healthy(api_url):
+        status = None if server is None else server.poll()
+        if status is not None:  # not restarted elsewhere: the workers know this URL already
+            why = " (its port was taken meanwhile: run again)" if status == PORT_TAKEN else ""
+            raise RuntimeError(f"Prefect's server at {api_url} exited with status {status}{why}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"the Prefect server at {api_url} did not answer in {timeout_seconds:.0f} s")
         time.sleep(0.1)
@@ -82,16 +89,8 @@ class TemporaryServer:
 
     def wait_ready(self) -> None:
         """Return once the server answers."""
-        deadline = time.monotonic() + HEALTH_TIMEOUT_SECONDS
         try:
-            while not is_healthy(self.api_url):
-                status = self.process.poll()
-                if status is not None:  # not restarted elsewhere: the workers know this URL already
-                    why = " (its port was taken meanwhile: run again)" if status == PORT_TAKEN else ""
-                    raise RuntimeError(f"Prefect's temporary server exited with status {status}{why}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"Prefect's server did not answer in {HEALTH_TIMEOUT_SECONDS} s")
-                time.sleep(0.1)
+            wait_healthy(self.api_url, server=self.process)
         finally:
             fcntl.flock(self.lock, fcntl.LOCK_UN)
 

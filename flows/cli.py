@@ -201,16 +201,18 @@ def _run(args: argparse.Namespace) -> int:
     spec = _spec_from(args, workers=args.workers, engine=engine, dask_address=args.dask_address)
     Store(spec.execution.store).check_reachable()  # a file or an unreachable bucket fails before any work
     source_version(spec.corpus.source)  # so does a missing corpus path
-    from flows.status import stored_sweep
+    from flows.status import stored_plan, stored_sweep, trains_cells
 
     started = time.perf_counter()
     console.print(f"sweep [bold]{spec.name}[/bold] into {Store(spec.execution.store).location}")
-    summary = None if args.record_run else stored_sweep(spec)
+    plan = stored_plan(spec)
+    trains = trains_cells(spec, plan)
+    summary = None if args.record_run or trains else stored_sweep(spec, plan)
     if summary is not None:
         failure = None
         console.print("every cell, the fits and the report are complete in the store: nothing to run")
     else:
-        summary, failure = _run_flow(spec)
+        summary, failure = _run_flow(spec, trains)
     _print_cells(spec)
     if summary is not None:
         _print_laws(summary["fits"])
@@ -222,16 +224,16 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_flow(spec: SweepSpec) -> tuple[dict | None, Exception | None]:
-    """The sweep's Prefect flow, with a progress bar: (its summary, None) or (None, the cells failed)."""
+def _run_flow(spec: SweepSpec, trains: bool) -> tuple[dict | None, Exception | None]:
+    """The sweep's Prefect flow, with a progress bar: (its summary, None) or (None, the cells failed).
+    `trains`: whether the store leaves trunks or cells to train (then workers start at once)."""
     from flows.api import prefect_api
 
     with prefect_api() as api:
         from flows import progress  # the flow's code, imported while the API starts
-        from flows.status import trains_cells
         from flows.sweep import CellsFailed, early_workers, scaling_sweep
 
-        workers = early_workers(spec) if trains_cells(spec) else contextlib.nullcontext(scaling_sweep)
+        workers = early_workers(spec) if trains else contextlib.nullcontext(scaling_sweep)
         with workers as sweep:  # so do the workers, when there is training to do
             api.wait_ready()
             with progress.terminal_progress(console):

@@ -165,8 +165,11 @@ def _check_epochs(spec: SweepSpec, tokens_target: int, train_tokens: int) -> Non
 
 
 def training_cost(plan: CellPlan) -> float:
-    flops = training_flops_per_token(plan.shape, plan.vocab_size, plan.context)["with_attention"]
-    return flops * plan.tokens_target
+    return _cell_flops_per_token(plan) * plan.tokens_target
+
+
+def _cell_flops_per_token(plan: CellPlan) -> float:
+    return _flops_per_token(plan.shape, plan.vocab_size, plan.context, "with_attention")
 
 
 def task_cost(kind: str, params: Mapping[str, Any]) -> float:
@@ -177,8 +180,7 @@ def task_cost(kind: str, params: Mapping[str, Any]) -> float:
         steps = max(params["branch_steps"])
     else:
         steps = plan.steps - (plan.branch_step if params.get("trunk_fp") else 0)
-    flops = training_flops_per_token(plan.shape, plan.vocab_size, plan.context)["with_attention"]
-    return flops * steps * plan.tokens_per_step
+    return _cell_flops_per_token(plan) * steps * plan.tokens_per_step
 
 
 def corpus_params(spec: SweepSpec, store: str) -> dict:

@@ -109,11 +109,11 @@ def trains_cells(spec: SweepSpec, plan: SweepPlan | None = None) -> bool:
     return not plan.known or any(cell.state != "done" for cell in grid_status(spec, plan))
 
 
-def stored_sweep(spec: SweepSpec) -> dict | None:
+def stored_sweep(spec: SweepSpec, plan: SweepPlan | None = None) -> dict | None:
     """What a run of the spec would return when its cells and every step after them (the sweep's
     record, fits, report) are all complete in the store (found without Prefect); None when anything is
-    left to do."""
-    plan = stored_plan(spec)
+    left to do. `plan`: the spec's `stored_plan`, when already read."""
+    plan = plan or stored_plan(spec)
     if trains_cells(spec, plan):
         return None
     store = Store(spec.execution.store)
