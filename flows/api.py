@@ -63,7 +63,7 @@ class TemporaryServer:
 
     def __init__(self, home: Path, settings_env: dict[str, str]) -> None:
         home.mkdir(parents=True, exist_ok=True)
-        self.lock = open(home / "scalelaw-server.lock", "w")  # noqa: SIM115 (released in `wait_ready`)
+        self.lock = open(home / "scalelaw-server.lock", "w")  # noqa: SIM115 (closed in `stop`)
         self.env = {
             **os.environ,
             **settings_env,

@@ -1,6 +1,8 @@
 """The process plumbing a sweep runs in: the API shared with worker processes, progress listeners,
-workers killed on stop, a signal-friendly wait on futures, and one GPU per worker. Plain functions and
-context managers; the flows in flows/sweep.py use them and hold no plumbing of their own."""
+a process pool started ahead of its flow, workers killed on stop, a queue that submits the most
+expensive jobs first and waits on them in a signal-friendly way, and one GPU per worker. Plain
+functions, classes and context managers; the flows in flows/sweep.py use them and hold no plumbing of
+their own."""
 
 from __future__ import annotations
 

@@ -109,13 +109,10 @@ def trains_cells(spec: SweepSpec, plan: SweepPlan | None = None) -> bool:
     return not plan.known or any(cell.state != "done" for cell in grid_status(spec, plan))
 
 
-def stored_sweep(spec: SweepSpec, plan: SweepPlan | None = None) -> dict | None:
-    """What a run of the spec would return when its cells and every step after them (the sweep's
-    record, fits, report) are all complete in the store (found without Prefect); None when anything is
-    left to do. `plan`: the spec's `stored_plan`, when already read."""
-    plan = plan or stored_plan(spec)
-    if trains_cells(spec, plan):
-        return None
+def stored_sweep(spec: SweepSpec, plan: SweepPlan) -> dict | None:
+    """What a run of the spec would return, found without Prefect, when every step after its cells
+    (the sweep's record, fits, report) is complete in the store; None when one is not. For a `plan`
+    (the spec's `stored_plan`) whose cells are all done: `trains_cells` false."""
     store = Store(spec.execution.store)
     records = {step.kind: store.marker(step.kind, step.fp) for step in plan.after_training}
     if not all(records.values()):
