@@ -107,15 +107,17 @@ def _unstarted_pool(workers: int, options: dict[str, Any]) -> EarlyProcessPool:
 
 
 @contextlib.contextmanager
-def workers_started_early(runner: TaskRunner, preload: Callable[[], None]) -> Iterator[None]:
-    """A local process pool's workers start now (unless they have), on `preload`, while the caller goes
-    on; the flow that trains then enters the running pool and leaves it (or this does, should the
-    caller fail before). Other runners start with the flow that uses them."""
+def workers_started_early(runner: TaskRunner, preload: Callable[[], None] | None) -> Iterator[None]:
+    """A local process pool's workers start now (unless they have), on `preload` (None: they start
+    with the first task, if any), while the caller goes on; the flow that trains then enters the
+    running pool and leaves it (or this does, should the caller fail before). Other runners start
+    with the flow that uses them."""
     if not isinstance(runner, EarlyProcessPool):
         yield
         return
     with runner:
-        runner.start_workers(preload)
+        if preload is not None:
+            runner.start_workers(preload)
         yield
 
 

@@ -40,7 +40,7 @@ from flows.runtime import (
 from flows.runtime import add_progress_listener as add_progress_listener
 from flows.runtime import remove_progress_listener as remove_progress_listener
 from flows.spec import PRESETS, ExecutionSpec, SweepSpec
-from flows.status import grid_artifact_rows
+from flows.status import grid_artifact_rows, trains_cells
 from storage.store import Store
 from tasks import steps
 from tasks.identity import reusable, step_fingerprint
@@ -93,7 +93,10 @@ def scaling_sweep(spec: SweepSpec = PRESETS["default"]) -> dict[str, Any]:
     runner = FlowRunContext.get().task_runner  # a pool started for this flow (see early_workers)
     if not isinstance(runner, EarlyProcessPool):
         runner = task_runner(spec.execution, spec.train.device)
-    with api_shared_with_workers(), workers_started_early(runner, preload_training):
+    # the workers start during the data steps (unless the CLI started them), when there is training
+    started = isinstance(runner, EarlyProcessPool) and runner.workers_started
+    preload = preload_training if started or trains_cells(spec) else None
+    with api_shared_with_workers(), workers_started_early(runner, preload):
         plan = resolved_plan(spec, store, run_step)  # runs the data steps: corpus, vocabulary, tokens
         cells = train_grid.with_options(task_runner=runner)(plan.params("cells"), plan.params("trunks"))
     sweep = steps.record_sweep(**plan.step("sweeps").params)

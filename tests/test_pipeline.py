@@ -3,13 +3,17 @@ real training, Parquet read back through DuckDB, and resume from the store."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
-from conftest import SMOKE_CELLS, finished_at, run_cli
+from conftest import SMOKE_CELLS, cli_env, finished_at, run_cli
 
 from flows.spec import load_spec, validate_spec
 from flows.status import trains_cells
@@ -151,3 +155,28 @@ def test_workers_start_ahead_only_for_a_run_with_cells_to_train(smoke, tmp_path)
     assert not trains_cells(validate_spec(data))
     data["execution"]["store"] = str(tmp_path / "empty")
     assert trains_cells(validate_spec(data))
+
+
+def test_a_rerun_that_only_fits_starts_no_worker_processes(smoke, tmp_path):
+    """Catches the flow starting the pool's workers (each importing torch on a core beside the fits)
+    for a run whose cells are all done, as it did before the CLI's check reached the flow."""
+    store = tmp_path / "store"
+    shutil.copytree(smoke["store"], store)
+    for kind in ("fits", "reports"):
+        shutil.rmtree(store / kind)
+    data = load_spec("smoke").model_dump()
+    data["execution"]["store"] = str(store)
+    assert not trains_cells(validate_spec(data)), "the copy's cells are all done"
+    command = [sys.executable, "-m", "flows.cli", "run", "--preset", "smoke", "--store", str(store)]
+    errors = tmp_path / "stderr.txt"
+    with errors.open("w") as stderr:
+        cli = psutil.Popen(command, cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=stderr)
+        workers: set[int] = set()  # spawned pool workers (not multiprocessing's resource tracker)
+        while cli.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                children = cli.children(recursive=True)
+                workers |= {child.pid for child in children if "--multiprocessing-fork" in child.cmdline()}
+            time.sleep(0.05)
+    assert cli.returncode == 0, errors.read_text()
+    assert list(store.glob("reports/*/report.md")), "the rerun wrote the report"
+    assert not workers, f"{len(workers)} worker processes started"
