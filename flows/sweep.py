@@ -44,7 +44,7 @@ from flows.status import grid_artifact_rows, trains_cells
 from storage.store import Store
 from tasks import steps
 from tasks.identity import reusable, step_fingerprint
-from tasks.model import preload_training
+from tasks.model import TRAINING_MODULES, preload_training
 
 # Each artifact's task, by the kind it builds (its name): the plan's steps name them so.
 STEP_TASKS: dict[str, Task] = {
@@ -67,7 +67,9 @@ def task_runner(execution: ExecutionSpec, device: str = "cpu") -> TaskRunner:
     gpus = local_gpu_workers(execution.workers, device)
     if execution.engine == "processes":
         initializer, initargs = gpus or (None, ())
-        return EarlyProcessPool(execution.workers, initializer=initializer, initargs=initargs)
+        return EarlyProcessPool(
+            execution.workers, TRAINING_MODULES, initializer=initializer, initargs=initargs
+        )
     from prefect_dask import DaskTaskRunner
 
     if execution.dask_address:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import time
 from dataclasses import dataclass
@@ -106,12 +107,22 @@ def build_model(shape: ModelShape, vocab_size: int, context: int, seed: int) -> 
     return LlamaForCausalLM(config)
 
 
-def preload_training() -> None:
-    """Import what building and training a model needs (torch, transformers' Llama classes), for a
-    worker process started ahead of its first cell."""
-    from transformers import LlamaForCausalLM  # noqa: F401
+# What a worker process imports to build, train, evaluate, sample and save a cell's model: torch,
+# transformers' Llama and Auto classes, the cell's task code and Prefect's task engine
+TRAINING_MODULES = (
+    "transformers.models.llama.modeling_llama",
+    "transformers.models.auto.modeling_auto",
+    "transformers.models.auto.tokenization_auto",
+    "tasks.train",
+    "tasks.steps",
+    "prefect.task_engine",
+)
 
-    import tasks.train  # noqa: F401 (torch)
+
+def preload_training() -> None:
+    """Import TRAINING_MODULES, for a worker process started ahead of its first cell."""
+    for module in TRAINING_MODULES:
+        importlib.import_module(module)
 
 
 def count_params(model: torch.nn.Module) -> tuple[int, int]:

@@ -171,11 +171,11 @@ def test_a_rerun_that_only_fits_starts_no_worker_processes(smoke, tmp_path):
     errors = tmp_path / "stderr.txt"
     with errors.open("w") as stderr:
         cli = psutil.Popen(command, cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=stderr)
-        workers: set[int] = set()  # spawned pool workers (not multiprocessing's resource tracker)
+        workers: set[int] = set()  # the pool's fork server and workers (not the resource tracker)
         while cli.poll() is None:
             with contextlib.suppress(psutil.Error):
                 children = cli.children(recursive=True)
-                workers |= {child.pid for child in children if "--multiprocessing-fork" in child.cmdline()}
+                workers |= {child.pid for child in children if "forkserver" in " ".join(child.cmdline())}
             time.sleep(0.05)
     assert cli.returncode == 0, errors.read_text()
     assert list(store.glob("reports/*/report.md")), "the rerun wrote the report"

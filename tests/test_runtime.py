@@ -3,13 +3,16 @@ pool whose workers start before the flow that uses them."""
 
 from __future__ import annotations
 
+import ast
 import multiprocessing
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from conftest import shared_server_here
+from conftest import cli_env, shared_server_here
 from prefect import flow, task
 from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
@@ -54,6 +57,40 @@ def test_a_flow_runs_its_tasks_in_the_workers_started_before_it():
         assert not pool.entered, "the flow leaves the pool it entered"
     assert set(pids) <= started
     wait_for(lambda: not multiprocessing.active_children())
+
+
+# In a fresh interpreter, since multiprocessing starts one fork server per process (with the first
+# pool's modules); `wave`: a standard module that neither Prefect nor the worker imports otherwise
+PRELOADED_WORKER = """
+import os, sys
+from prefect import flow, task
+from flows.runtime import EarlyProcessPool
+
+@task
+def worker(flow_pid: int) -> tuple[bool, bool]:
+    return "wave" in sys.modules, os.getppid() != flow_pid
+
+@flow
+def in_worker() -> tuple[bool, bool]:
+    return tuple(worker.submit(os.getpid()).result())
+
+if __name__ == "__main__":
+    print(in_worker.with_options(task_runner=EarlyProcessPool(1, ["wave"]))())
+"""
+
+
+def test_the_pools_workers_fork_from_a_process_that_imported_its_modules(tmp_path):
+    """Catches workers that each import the training modules anew (Prefect's spawned workers: about
+    4 s of a core each, on both cores at the start of a sweep) instead of forking from one process
+    that imported them once, and a fork server that does not import the modules it is given."""
+    script = tmp_path / "preloaded.py"
+    script.write_text(PRELOADED_WORKER)
+    command = [sys.executable, str(script)]
+    done = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    imported, forked = ast.literal_eval(done.stdout.strip().splitlines()[-1])
+    assert imported, "the worker started with the pool's modules imported"
+    assert forked, "the worker is a child of the fork server, not of the flow's process"
 
 
 def test_without_a_configured_server_flows_report_to_a_temporary_one(tmp_path):
