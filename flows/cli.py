@@ -231,11 +231,12 @@ def _run_flow(spec: SweepSpec, trains: bool) -> tuple[dict | None, Exception | N
 
     with prefect_api() as api:
         from flows import progress  # the flow's code, imported while the API starts
-        from flows.sweep import CellsFailed, early_workers, scaling_sweep
+        from flows.sweep import CellsFailed, data_steps_meanwhile, early_workers, scaling_sweep
 
         workers = early_workers(spec) if trains else contextlib.nullcontext(scaling_sweep)
         with workers as sweep:  # so do the workers, when there is training to do
-            api.wait_ready()
+            with data_steps_meanwhile(spec) if trains else contextlib.nullcontext():
+                api.wait_ready()
             with progress.terminal_progress(console):
                 try:
                     return sweep(spec), None

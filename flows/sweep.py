@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,32 @@ def early_workers(spec: SweepSpec) -> Iterator[Flow]:
             if isinstance(runner, EarlyProcessPool)
             else scaling_sweep
         )
+
+
+@contextlib.contextmanager
+def data_steps_meanwhile(spec: SweepSpec) -> Iterator[None]:
+    """The spec's data steps (corpus, vocabulary, tokens) run as plain functions in a thread while the
+    caller waits (for Prefect's server to start), so that the flow's cached tasks find them complete;
+    on leaving, the step under way finishes and none begins after it: the flow runs those left. A
+    step that fails is left to the flow, which reports it."""
+    store = Store(spec.execution.store).location
+    waiting = threading.Event()
+    waiting.set()
+
+    def run_while_waiting(step: Step) -> dict[str, Any] | None:
+        return STEP_TASKS[step.kind].fn(**step.params) if waiting.is_set() else None
+
+    def prepare() -> None:
+        with contextlib.suppress(Exception):
+            resolved_plan(spec, store, run_while_waiting)
+
+    worker = threading.Thread(target=prepare, name="data-steps", daemon=True)
+    worker.start()
+    try:
+        yield
+    finally:
+        waiting.clear()
+        worker.join()
 
 
 def fit_and_report(

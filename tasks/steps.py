@@ -8,6 +8,7 @@ database; the flow asks Prefect to refresh the cache when the artifact is missin
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from prefect import get_run_logger, task
+from prefect.exceptions import MissingContextError
 
 from storage import datasets
 from storage.datasets import Kind
@@ -69,7 +71,7 @@ def prepare_corpus(
         datasets.DOCS.write(rows, out)
         datasets.CORPUS_STATS.write(cleaned.stats, out)
         by_stage = {row["stage"]: row for row in cleaned.stats}
-        get_run_logger().info(
+        _logger().info(
             "corpus: %s", "; ".join(f"{r['stage']} {r['reason']} {r['documents']}" for r in cleaned.stats)
         )
         return {
@@ -79,6 +81,15 @@ def prepare_corpus(
         }
 
     return _materialize(Kind.CLEAN, params, build)
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run's logger; outside a run (the CLI's data steps while Prefect's server starts),
+    the module's."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
 
 
 def _texts(store: Store, corpus_fp: str, split: str) -> list[str]:

@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,9 +17,10 @@ import pytest
 from conftest import SMOKE_CELLS, cli_env, finished_at, run_cli
 
 from flows.spec import load_spec, validate_spec
-from flows.status import trains_cells
+from flows.status import stored_plan, trains_cells
+from flows.sweep import data_steps_meanwhile
 from storage.catalog import open_catalog
-from storage.store import Store
+from storage.store import COMPLETE_MARKER, Store
 
 
 def test_every_cell_is_ok_in_the_runs_table(smoke):
@@ -180,3 +182,31 @@ def test_a_rerun_that_only_fits_starts_no_worker_processes(smoke, tmp_path):
     assert cli.returncode == 0, errors.read_text()
     assert list(store.glob("reports/*/report.md")), "the rerun wrote the report"
     assert not workers, f"{len(workers)} worker processes started"
+
+
+def _smoke_spec_into(store: Path):
+    data = load_spec("smoke").model_dump()
+    data["execution"]["store"] = str(store)
+    return validate_spec(data)
+
+
+def test_the_data_steps_run_while_the_caller_waits(tmp_path):
+    """Catches the CLI's wait for Prefect's server leaving the data steps to the flow, after it."""
+    spec = _smoke_spec_into(tmp_path / "store")
+    with data_steps_meanwhile(spec):
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "store").glob(f"tokens/*/{COMPLETE_MARKER}")):
+            assert time.monotonic() < deadline, "the data steps did not finish while waiting"
+            time.sleep(0.05)
+    assert stored_plan(spec).known, "corpus, vocabulary and tokens are complete in the store"
+
+
+def test_no_data_step_begins_after_the_wait(tmp_path):
+    """Catches data steps that go on in the background once the flow has started: the flow's own
+    tasks would then build the same artifacts at the same time."""
+    spec = _smoke_spec_into(tmp_path / "store")
+    with data_steps_meanwhile(spec):
+        pass  # the server answered at once: the corpus step, if it began, finishes; nothing after it
+    assert not [thread for thread in threading.enumerate() if thread.name == "data-steps"], "joined"
+    assert not list((tmp_path / "store").glob(f"vocab/*/{COMPLETE_MARKER}"))
+    assert not stored_plan(spec).known
