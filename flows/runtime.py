@@ -58,10 +58,10 @@ def api_shared_with_workers() -> Iterator[None]:
 class EarlyProcessPool(ProcessPoolTaskRunner):
     """Prefect's process pool, whose workers can start before the flow that trains in them: started
     while Prefect's server starts and the sweep prepares its data, they are ready by the time the
-    first cell is submitted. Its workers fork from a server process that imported `modules` once
-    (torch and transformers: about 4 s of a core), instead of each importing them anew as Prefect's
-    spawned workers do. Prefect enters a flow's task runner through `duplicate()`, which here is the
-    pool itself, already running; leaving it a second time does nothing."""
+    first cell is submitted. Given `modules`, its workers fork from a server process that imported
+    them once (torch and transformers: about 4 s of a core), instead of each importing them anew as
+    Prefect's spawned workers do. Prefect enters a flow's task runner through `duplicate()`, which
+    here is the pool itself, already running; leaving it a second time does nothing."""
 
     def __init__(self, max_workers: int, modules: Sequence[str] = (), **options: Any) -> None:
         super().__init__(max_workers=max_workers, **options)
@@ -81,7 +81,7 @@ class EarlyProcessPool(ProcessPoolTaskRunner):
             super().__enter__()
             self.entered = True
             spawning = getattr(self, "_executor", None)  # Prefect's; without it, its workers as they are
-            if spawning is not None:
+            if spawning is not None and self.modules:
                 self._executor = _forked_from_preloaded(spawning, self.modules)
         return self
 

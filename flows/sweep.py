@@ -68,9 +68,10 @@ def task_runner(execution: ExecutionSpec, device: str = "cpu") -> TaskRunner:
     gpus = local_gpu_workers(execution.workers, device)
     if execution.engine == "processes":
         initializer, initargs = gpus or (None, ())
-        return EarlyProcessPool(
-            execution.workers, TRAINING_MODULES, initializer=initializer, initargs=initargs
-        )
+        # CUDA workers are spawned: each must see its own GPU, and a process forked after CUDA was
+        # initialised (an import may do it) cannot use CUDA
+        modules = () if gpus else TRAINING_MODULES
+        return EarlyProcessPool(execution.workers, modules, initializer=initializer, initargs=initargs)
     from prefect_dask import DaskTaskRunner
 
     if execution.dask_address:
@@ -142,13 +143,13 @@ def data_steps_meanwhile(spec: SweepSpec) -> Iterator[None]:
         with contextlib.suppress(Exception):
             resolved_plan(spec, store, run_while_waiting)
 
-    worker = threading.Thread(target=prepare, name="data-steps", daemon=True)
-    worker.start()
+    thread = threading.Thread(target=prepare, name="data-steps", daemon=True)
+    thread.start()
     try:
         yield
     finally:
         waiting.clear()
-        worker.join()
+        thread.join()
 
 
 def fit_and_report(
