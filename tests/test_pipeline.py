@@ -23,6 +23,12 @@ from storage.catalog import open_catalog
 from storage.store import COMPLETE_MARKER, Store
 
 
+def _smoke_spec_into(store: Path):
+    data = load_spec("smoke").model_dump()
+    data["execution"]["store"] = str(store)
+    return validate_spec(data)
+
+
 def test_every_cell_is_ok_in_the_runs_table(smoke):
     result = run_cli(
         [
@@ -152,11 +158,8 @@ def test_workers_start_ahead_only_for_a_run_with_cells_to_train(smoke, tmp_path)
     """Catches a rerun that trains nothing (its cells done, a fit option changed) starting workers
     anyway, which would import torch on both cores beside the fits, and a fresh store that is taken
     for a finished one."""
-    data = load_spec("smoke").model_dump()
-    data["execution"]["store"] = str(smoke["store"])
-    assert not trains_cells(validate_spec(data))
-    data["execution"]["store"] = str(tmp_path / "empty")
-    assert trains_cells(validate_spec(data))
+    assert not trains_cells(_smoke_spec_into(smoke["store"]))
+    assert trains_cells(_smoke_spec_into(tmp_path / "empty"))
 
 
 def test_a_rerun_that_only_fits_starts_no_worker_processes(smoke, tmp_path):
@@ -166,9 +169,7 @@ def test_a_rerun_that_only_fits_starts_no_worker_processes(smoke, tmp_path):
     shutil.copytree(smoke["store"], store)
     for kind in ("fits", "reports"):
         shutil.rmtree(store / kind)
-    data = load_spec("smoke").model_dump()
-    data["execution"]["store"] = str(store)
-    assert not trains_cells(validate_spec(data)), "the copy's cells are all done"
+    assert not trains_cells(_smoke_spec_into(store)), "the copy's cells are all done"
     command = [sys.executable, "-m", "flows.cli", "run", "--preset", "smoke", "--store", str(store)]
     errors = tmp_path / "stderr.txt"
     with errors.open("w") as stderr:
@@ -182,12 +183,6 @@ def test_a_rerun_that_only_fits_starts_no_worker_processes(smoke, tmp_path):
     assert cli.returncode == 0, errors.read_text()
     assert list(store.glob("reports/*/report.md")), "the rerun wrote the report"
     assert not workers, f"{len(workers)} worker processes started"
-
-
-def _smoke_spec_into(store: Path):
-    data = load_spec("smoke").model_dump()
-    data["execution"]["store"] = str(store)
-    return validate_spec(data)
 
 
 def test_the_data_steps_run_while_the_caller_waits(tmp_path):
