@@ -3,9 +3,10 @@
 Without a configured server Prefect would start its own temporary server at the first API call, in the
 flow's critical path: importing the server's code into this process (about 3 s), creating the
 database on a fresh PREFECT_HOME, registering every block type. `prefect_api` starts the same server
-(uvicorn on Prefect's app, UI off) as a subprocess at once, so that it comes up while this process
-imports the flow's code, without the block registration (its UI is off and nothing here uses
-blocks), and makes it the API of this process and of every worker process it starts."""
+(uvicorn on Prefect's app, UI off, busy requests replayed: flows/server_app.py) as a subprocess at
+once, so that it comes up while this process imports the flow's code, without the block registration
+(its UI is off and nothing here uses blocks), and makes it the API of this process and of every worker
+process it starts."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 HEALTH_TIMEOUT_SECONDS = 120
-# Prefect's app served by uvicorn, as Prefect starts its own temporary server
-UVICORN = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app"]
+# Prefect's app served by uvicorn, as Prefect starts its own temporary server (busy requests replayed)
+UVICORN = [sys.executable, "-m", "uvicorn", "--factory", "flows.server_app:create_app"]
 UVICORN += ["--host", "127.0.0.1", "--log-level", "error", "--lifespan", "on"]
 PORT_TAKEN = 3  # uvicorn's exit status when the port was taken after it was chosen
 

@@ -1,0 +1,93 @@
+"""The temporary Prefect server's app (flows/api.py serves it): Prefect's own, with each HTTP request
+that found the SQLite database busy run again in the server before its client sees the failure.
+
+Prefect answers such a request with 503 after rolling its transaction back, and its client retries
+only after 2 s. At a sweep's start the flow's first task runs meet the server's own writes (the
+events of the data steps), and one such retry held the whole sweep for 2 s in about half of the runs
+measured. Here a busy request runs again after a pause of PAUSE_SECONDS, up to REPLAYS times; after
+that the 503 reaches the client, whose backoff takes over."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+App = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
+
+BUSY = 503  # Prefect's answer to a database error that a retry may not meet (SQLite busy or locked)
+REPLAYS = 8
+PAUSE_SECONDS = 0.05
+
+
+def create_app() -> App:
+    """uvicorn's app factory: Prefect's app, with busy requests replayed."""
+    from prefect.server.api.server import create_app as prefect_app
+
+    return BusyRequestsReplayed(prefect_app())
+
+
+class BusyRequestsReplayed:
+    """An ASGI app around `app` that runs an HTTP request again while `app` answers it BUSY."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan and websockets (Prefect's events) as they are
+            await self.app(scope, receive, send)
+            return
+        request = await _whole_request(receive)
+        for attempt in range(1, REPLAYS + 1):
+            # a copy each time: routing writes into the scope it is given
+            if await self._unless_busy(dict(scope), _replay(request, receive), send):
+                return
+            await asyncio.sleep(PAUSE_SECONDS * attempt)
+        await self.app(dict(scope), _replay(request, receive), send)
+
+    async def _unless_busy(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> bool:
+        """Run the request and send its answer, unless it is BUSY (then send nothing); whether sent."""
+        busy = False
+
+        async def send_unless_busy(message: Message) -> None:
+            nonlocal busy
+            if message["type"] == "http.response.start":
+                busy = message["status"] == BUSY
+            if not busy:
+                await send(message)
+
+        try:
+            await self.app(scope, receive, send_unless_busy)
+        except Exception:
+            if not busy:  # Starlette raises the error again once it has answered it (with BUSY here)
+                raise
+        return not busy
+
+
+async def _whole_request(receive: Receive) -> Message:
+    """The request's body in one message (or the disconnect that came instead)."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return message
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+
+def _replay(request: Message, receive: Receive) -> Receive:
+    """A `receive` that gives the whole request first, then waits on the client (for its disconnect)."""
+    given = False
+
+    async def replayed() -> Message:
+        nonlocal given
+        if given:
+            return await receive()
+        given = True
+        return request
+
+    return replayed
