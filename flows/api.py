@@ -120,7 +120,12 @@ def prefect_api() -> Iterator[Api]:
     the end; PREFECT_API_URL names it for this process and the processes it starts meanwhile. Call
     the yielded `wait_ready()` before the first flow."""
     import prefect.context
-    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        get_current_settings,
+        temporary_settings,
+    )
 
     settings = get_current_settings()
     if settings.api.url:
@@ -133,7 +138,9 @@ def prefect_api() -> Iterator[Api]:
     # Prefect read its settings on import: its threads read the global ones, this thread its own
     prefect.context.refresh_global_settings_context()
     try:
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
+        # no flow-run heartbeats: they tell a lasting server of crashed runs, and a flow's end waits
+        # up to a second for its heartbeat thread
+        with temporary_settings({PREFECT_API_URL: server.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             yield Api(server)
     finally:
         _drain_prefect_clients()

@@ -16,7 +16,7 @@ from conftest import cli_env, shared_server_here
 from prefect import flow, task
 from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
-from prefect.settings import PREFECT_HOME, temporary_settings
+from prefect.settings import PREFECT_HOME, get_current_settings, temporary_settings
 
 from flows.api import is_healthy, prefect_api
 from flows.runtime import CostOrderedQueue, EarlyProcessPool, api_shared_with_workers
@@ -95,9 +95,11 @@ def test_the_pools_workers_fork_from_a_process_that_imported_its_modules(tmp_pat
 
 def test_without_a_configured_server_flows_report_to_a_temporary_one(tmp_path):
     """Catches a flow that starts Prefect's own temporary server instead (this process's settings not
-    pointing at ours), a server that a fresh PREFECT_HOME does not bring up, and one left running."""
+    pointing at ours), a server that a fresh PREFECT_HOME does not bring up, and one left running; and
+    flows that send heartbeats to it (each flow's end would wait for its heartbeat thread)."""
     with temporary_settings({PREFECT_HOME: str(tmp_path)}), prefect_api() as api:
         api_url = os.environ["PREFECT_API_URL"]
+        assert get_current_settings().flows.heartbeat_frequency is None
         api.wait_ready()
         run_id = this_flow_run_id()
         with get_client(sync_client=True) as client:
