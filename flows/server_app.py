@@ -2,10 +2,10 @@
 that found the SQLite database busy run again in the server before its client sees the failure.
 
 Prefect answers such a request with 503 after rolling its transaction back, and its client retries
-only after 2 s. At a sweep's start the flow's first task runs meet the server's own writes (the
-events of the data steps), and one such retry held the whole sweep for 2 s in about half of the runs
-measured. Here a busy request runs again after a pause of PAUSE_SECONDS, up to REPLAYS times; after
-that the 503 reaches the client, whose backoff takes over."""
+only after 2 s. At a sweep's start the flow's first task runs meet other writes to the database, and
+one such retry held the whole sweep for 2 s in about half of the runs measured. Here a busy request
+runs again after a pause of PAUSE_SECONDS times its attempt, up to REPLAYS times; then the 503 reaches the
+client, whose backoff takes over."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 App = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
 
-BUSY = 503  # Prefect's answer to a database error that a retry may not meet (SQLite busy or locked)
+BUSY = 503  # Prefect's answer to a database error that may pass on a retry (SQLite busy or locked)
 REPLAYS = 8
 PAUSE_SECONDS = 0.05
 
