@@ -20,7 +20,7 @@ def terminal_progress(console: Console) -> Iterator[None]:
         TimeElapsedColumn(),
         TextColumn("{task.description}"),
     )
-    with Progress(*columns, console=console, transient=False) as bar:
+    with Progress(*columns, console=console, transient=False, refresh_per_second=1) as bar:
         task = bar.add_task("preparing data", total=None)
 
         def on_cell(done: int, total: int, record: dict | None) -> None:
