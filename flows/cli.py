@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import json
 import os
@@ -229,17 +228,11 @@ def _run_flow(spec: SweepSpec, trains: bool) -> tuple[dict | None, Exception | N
     `trains`: whether the store leaves trunks or cells to train (then workers start at once)."""
     from flows.api import prefect_api
 
-    with prefect_api() as api, contextlib.ExitStack() as pool:
+    with prefect_api() as api:
         from flows import progress  # the flow's code, imported while the API starts
-        from flows.sweep import CellsFailed, data_steps_meanwhile, early_workers, scaling_sweep
+        from flows.sweep import CellsFailed, sweep_started
 
-        # with training to do, the data steps begin first, then the workers start (which holds this
-        # thread until the fork server has imported torch): everything shares the cores while the
-        # server starts, instead of the data steps waiting for those imports
-        with data_steps_meanwhile(spec) if trains else contextlib.nullcontext():
-            sweep = pool.enter_context(early_workers(spec)) if trains else scaling_sweep
-            api.wait_ready()
-        with progress.terminal_progress(console):
+        with sweep_started(spec, trains, api.wait_ready) as sweep, progress.terminal_progress(console):
             try:
                 return sweep(spec), None
             except CellsFailed as error:

@@ -9,7 +9,7 @@ import contextlib
 import functools
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +150,23 @@ def data_steps_meanwhile(spec: SweepSpec) -> Iterator[None]:
     finally:
         waiting.clear()
         thread.join()
+
+
+@contextlib.contextmanager
+def sweep_started(spec: SweepSpec, trains: bool, wait_ready: Callable[[], None]) -> Iterator[Flow]:
+    """The sweep flow, to call once `wait_ready()` (Prefect's server starting) has returned; `trains`:
+    whether the store leaves trunks or cells to train. Then the data steps begin first and the workers
+    start (which holds this thread until the fork server has imported torch): everything shares the
+    cores while the server starts, instead of the data steps waiting for those imports."""
+    if not trains:
+        wait_ready()
+        yield scaling_sweep
+        return
+    with contextlib.ExitStack() as workers:
+        with data_steps_meanwhile(spec):
+            sweep = workers.enter_context(early_workers(spec))
+            wait_ready()
+        yield sweep
 
 
 def fit_and_report(
