@@ -51,3 +51,16 @@ def test_query_on_an_empty_store_sees_empty_views(tmp_path):
         tmp_path,
     )
     assert result.returncode == 0 and result.stdout.split() == ["n", "0"]
+
+
+def test_a_fresh_process_exits_with_the_status_and_all_the_output_of_main(tmp_path, monkeypatch):
+    """Catches the quick exit (`flows.cli.entry`) losing output still buffered or main's exit status:
+    100,000 rows through a pipe arrive whole, and a user error exits 2 with its message."""
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)  # buffered, as a user's Python is
+    (tmp_path / "store").mkdir()
+    query = ["query", "--store", str(tmp_path / "store"), "--format", "csv"]
+    rows = run_cli([*query, "select range as i from range(100000)"], tmp_path)
+    assert rows.returncode == 0 and rows.stdout.split() == ["i", *map(str, range(100000))]
+    refused = run_cli([*query, "select * from no_such_view"], tmp_path)
+    assert refused.returncode == cli.EXIT_USER_ERROR
+    assert "no_such_view does not exist" in refused.stderr
