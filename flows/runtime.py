@@ -12,6 +12,7 @@ import itertools
 import multiprocessing
 import os
 import queue
+import threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -67,6 +68,7 @@ class EarlyProcessPool(ProcessPoolTaskRunner):
         super().__init__(max_workers=max_workers, **options)
         self.workers, self.modules, self.options = max_workers, tuple(modules), options
         self.entered = self.workers_started = False
+        self.starting: threading.Thread | None = None
 
     def __reduce__(self) -> tuple:
         # the flow that runs in the pool names it, and each task takes the flow along: as a pool not
@@ -89,6 +91,9 @@ class EarlyProcessPool(ProcessPoolTaskRunner):
         if not self.entered:
             return
         self.entered = False
+        if self.starting is not None:
+            self.starting.join()
+            self.starting = None
         if exc_type is None and getattr(self, "_executor", None) is not None:
             # every task is done: the idle workers exit on their own (a second or two of tearing down
             # torch) while the flow goes on to its fits, instead of the flow waiting for them
@@ -98,13 +103,23 @@ class EarlyProcessPool(ProcessPoolTaskRunner):
 
     def start_workers(self, preload: Callable[[], None]) -> None:
         """Start every worker on `preload` (which imports what the work needs), once: the executor
-        starts a process for each job that finds no idle worker."""
+        starts a process for each job that finds no idle worker. From a thread: the first process
+        waits for the fork server to import `modules` (seconds), and the caller need not."""
         executor = getattr(self, "_executor", None)  # Prefect's; without it the workers start lazily
         if executor is None or self.workers_started:
             return
         self.workers_started = True
-        for _ in range(self.workers):
-            executor.submit(preload)
+        self.starting = threading.Thread(
+            target=_submit_each, args=(executor, preload, self.workers), name="workers-start", daemon=True
+        )
+        self.starting.start()
+
+
+def _submit_each(executor: ProcessPoolExecutor, job: Callable[[], None], workers: int) -> None:
+    # a pool that cannot start its processes says so to the flow's first submit, where it is reported
+    with contextlib.suppress(Exception):
+        for _ in range(workers):
+            executor.submit(job)
 
 
 def _unstarted_pool(workers: int, modules: tuple[str, ...], options: dict[str, Any]) -> EarlyProcessPool:

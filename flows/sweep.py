@@ -81,7 +81,10 @@ def task_runner(execution: ExecutionSpec, device: str = "cpu") -> TaskRunner:
 
 
 def run_step(step: Step) -> dict[str, Any]:
-    """Run a planned step's cached task, refreshing Prefect's cache when the artifact itself is missing."""
+    """Run a planned step's cached task, refreshing Prefect's cache when the artifact itself is missing;
+    a data step that the data-steps thread (below) has before it, once that thread is past it."""
+    if _data_steps is not None:
+        _data_steps.wait_past(step)
     task = STEP_TASKS[step.kind]
     return task.with_options(refresh_cache=not _reusable(step))(**step.params)
 
@@ -126,30 +129,61 @@ def early_workers(spec: SweepSpec) -> Iterator[Flow]:
         )
 
 
-@contextlib.contextmanager
-def data_steps_meanwhile(spec: SweepSpec) -> Iterator[None]:
-    """The spec's data steps (corpus, vocabulary, tokens) run as plain functions in a thread while the
-    caller waits (for Prefect's server to start), so that the flow's cached tasks find them complete;
-    on leaving, the step under way finishes and none begins after it: the flow runs those left. A
-    step that fails is left to the flow, which reports it."""
-    store = Store(spec.execution.store).location
-    waiting = threading.Event()
-    waiting.set()
+class DataSteps:
+    """The spec's data steps (corpus, vocabulary, tokens) run as plain functions in a thread, so that
+    they need not wait for Prefect's server; a step that fails there is left to the flow, which
+    reports it. `stop()`: the step under way finishes and none begins after it."""
 
-    def run_while_waiting(step: Step) -> dict[str, Any] | None:
-        return STEP_TASKS[step.kind].fn(**step.params) if waiting.is_set() else None
+    def __init__(self, spec: SweepSpec) -> None:
+        self.spec, self.store = spec, Store(spec.execution.store).location
+        self.past: set[tuple[str, str]] = set()  # (kind, fingerprint) of each step built or failed
+        self.finished = self.stopping = False
+        self.changed = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="data-steps", daemon=True)
+        self.thread.start()
 
-    def prepare() -> None:
+    def wait_past(self, step: Step) -> None:
+        """Return once the thread has built (or failed) `step`, or stopped before it."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.finished or (step.kind, step.fp) in self.past)
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.thread.join()
+
+    def _run(self) -> None:
         with contextlib.suppress(Exception):
-            resolved_plan(spec, store, run_while_waiting)
+            resolved_plan(self.spec, self.store, self._run_step)
+        with self.changed:
+            self.finished = True
+            self.changed.notify_all()
 
-    thread = threading.Thread(target=prepare, name="data-steps", daemon=True)
-    thread.start()
+    def _run_step(self, step: Step) -> dict[str, Any] | None:
+        if self.stopping:
+            return None
+        try:
+            return STEP_TASKS[step.kind].fn(**step.params)
+        finally:
+            with self.changed:
+                self.past.add((step.kind, step.fp))
+                self.changed.notify_all()
+
+
+_data_steps: DataSteps | None = None  # while a sweep's data steps run ahead of its flow (this process)
+
+
+@contextlib.contextmanager
+def data_steps_meanwhile(spec: SweepSpec) -> Iterator[DataSteps]:
+    """The spec's data steps, run ahead of the flow from now on: the flow's cached task for each
+    waits until the thread is past it, then finds its artifact complete. On leaving, the step under
+    way finishes and none begins after it."""
+    global _data_steps
+    _data_steps = steps_ahead = DataSteps(spec)
     try:
-        yield
+        yield steps_ahead
     finally:
-        waiting.clear()
-        thread.join()
+        _data_steps = None
+        steps_ahead.stop()
 
 
 @contextlib.contextmanager
@@ -157,15 +191,14 @@ def sweep_started(spec: SweepSpec, trains: bool, wait_ready: Callable[[], None])
     """The sweep flow, to call once `wait_ready()` (Prefect's server starting) has returned; `trains`:
     whether the store leaves trunks or cells to train. Then the data steps begin first and the workers
     start (which holds this thread until the fork server has imported torch): everything shares the
-    cores while the server starts, instead of the data steps waiting for those imports."""
+    cores while the server starts. The flow begins while the data steps may still run: its own
+    start (the flow run, its first task runs) overlaps theirs instead of following it."""
     if not trains:
         wait_ready()
         yield scaling_sweep
         return
-    with contextlib.ExitStack() as workers:
-        with data_steps_meanwhile(spec):
-            sweep = workers.enter_context(early_workers(spec))
-            wait_ready()
+    with data_steps_meanwhile(spec), early_workers(spec) as sweep:
+        wait_ready()
         yield sweep
 
 

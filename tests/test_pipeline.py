@@ -18,6 +18,7 @@ from conftest import SMOKE_CELLS, cli_env, finished_at, run_cli
 
 from flows.spec import load_spec, validate_spec
 from flows.status import stored_plan, trains_cells
+from flows.plan import sweep_plan
 from flows.sweep import data_steps_meanwhile
 from storage.catalog import open_catalog
 from storage.store import COMPLETE_MARKER, Store
@@ -194,6 +195,16 @@ def test_the_data_steps_run_while_the_caller_waits(tmp_path):
             assert time.monotonic() < deadline, "the data steps did not finish while waiting"
             time.sleep(0.05)
     assert stored_plan(spec).known, "corpus, vocabulary and tokens are complete in the store"
+
+
+def test_the_flow_takes_each_data_step_once_the_thread_is_past_it(tmp_path):
+    """Catches the flow's task for a data step starting while the thread still builds it: it would
+    build the same artifact a second time, at the same time."""
+    spec = _smoke_spec_into(tmp_path / "store")
+    tokens = sweep_plan(spec, str(tmp_path / "store")).step("tokens")
+    with data_steps_meanwhile(spec) as steps_ahead:
+        steps_ahead.wait_past(tokens)
+        assert Store(str(tmp_path / "store")).marker("tokens", tokens.fp), "published before the wait ends"
 
 
 def test_no_data_step_begins_after_the_wait(tmp_path):
