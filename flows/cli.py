@@ -228,9 +228,9 @@ def _run(args: argparse.Namespace) -> int:
 def _run_flow(spec: SweepSpec, trains: bool) -> tuple[dict | None, Exception | None]:
     """The sweep's Prefect flow, with a progress bar: (its summary, None) or (None, the cells failed).
     `trains`: whether the store leaves trunks or cells to train (then workers start at once)."""
-    from flows.api import prefect_api
+    from flows.api import early_server, prefect_api
 
-    with prefect_api() as api:
+    with prefect_api(early_server()) as api:
         from flows import progress  # the flow's code, imported while the API starts
         from flows.sweep import CellsFailed, sweep_started
 

@@ -1,5 +1,6 @@
-"""The temporary Prefect server's app (flows/api.py serves it): Prefect's own, with each HTTP request
-that found the SQLite database busy run again in the server before its client sees the failure.
+"""The temporary Prefect server's app (flows/api.py serves it): Prefect's own, started under a lock in
+PREFECT_HOME, with each HTTP request that found the SQLite database busy run again in the server
+before its client sees the failure.
 
 Prefect answers such a request with 503 after rolling its transaction back, and its client retries
 only after 2 s. At a sweep's start the flow's first task runs meet other writes to the database, and
@@ -10,8 +11,10 @@ client, whose backoff takes over."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import sys
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import IO, Any
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -24,10 +27,42 @@ PAUSE_SECONDS = 0.05
 
 
 def create_app() -> App:
-    """uvicorn's app factory: Prefect's app, with busy requests replayed."""
+    """uvicorn's app factory: Prefect's app, with busy requests replayed, which starts (and creates
+    the database of a fresh PREFECT_HOME) under a lock in PREFECT_HOME: two servers that create one
+    database at once both fail ("index ... already exists"). Exits with API_NAMED, before it opens
+    the database, when Prefect's settings name an API: the temporary server is not needed."""
     from prefect.server.api.server import create_app as prefect_app
+    from prefect.settings import get_current_settings
 
-    return BusyRequestsReplayed(prefect_app())
+    from flows.api import API_NAMED
+
+    settings = get_current_settings()
+    if settings.api.url:
+        sys.exit(API_NAMED)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    lock = open(settings.home / "scalelaw-server.lock", "w")  # noqa: SIM115 (closed once started)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return UnlockedOnceStarted(BusyRequestsReplayed(prefect_app()), lock)
+
+
+class UnlockedOnceStarted:
+    """An ASGI app around `app` that closes `lock` (a file it holds locked) once its lifespan has
+    started, or failed to."""
+
+    def __init__(self, app: App, lock: IO[str]) -> None:
+        self.app, self.lock = app, lock
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_unlocking(message: Message) -> None:
+            if message["type"] in ("lifespan.startup.complete", "lifespan.startup.failed"):
+                self.lock.close()
+            await send(message)
+
+        await self.app(scope, receive, send_unlocking)
 
 
 class BusyRequestsReplayed:

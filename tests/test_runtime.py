@@ -12,13 +12,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from conftest import cli_env, shared_server_here
+from conftest import cli_env, shared_api_url, shared_server_here
 from prefect import flow, task
 from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_HOME, get_current_settings, temporary_settings
 
-from flows.api import is_healthy, prefect_api
+from flows.api import API_NAMED, early_server, is_healthy, prefect_api
 from flows.runtime import CostOrderedQueue, EarlyProcessPool, api_shared_with_workers
 
 
@@ -112,6 +112,22 @@ def test_without_a_configured_server_flows_report_to_a_temporary_one(tmp_path):
 def test_with_a_configured_server_nothing_is_started():
     with shared_server_here(), prefect_api() as api:
         assert api.server is None
+
+
+def test_a_server_started_before_the_settings_are_read_gives_way_to_an_api_they_name(tmp_path, monkeypatch):
+    """Catches the server that the CLI starts before it imports Prefect staying up, or creating a
+    database, when Prefect's profile names an API after all; and `prefect_api` keeping it."""
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text(f'active = "named"\n[profiles.named]\nPREFECT_API_URL = "{shared_api_url()}"\n')
+    monkeypatch.setenv("PREFECT_PROFILES_PATH", str(profiles))
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
+    early = early_server()
+    assert early.process.wait(timeout=60) == API_NAMED
+    assert not (tmp_path / "home" / "prefect.db").exists()
+    early = early_server()
+    with shared_server_here(), prefect_api(early) as api:
+        assert api.server is None
+    early.process.wait(timeout=60)  # stopped, or exited on its own
 
 
 # how long each job runs, far enough apart that the order they finish in is certain
