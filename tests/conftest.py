@@ -49,11 +49,14 @@ def text_folder(tmp_path: Path) -> Path:
 PREFECT_HOME = tempfile.mkdtemp(prefix="scalelaw-tests-prefect-")
 # Flows that tests run in this process keep their database and results there too, give Prefect's
 # temporary server a busy machine's time to start, and keep Prefect's console log quiet as the CLI does.
-# Prefect reads these once, on import; conftest is imported before any test module.
+# Prefect never starts a temporary server of its own here: one started to send the last logs as the
+# session ends outlives it. Prefect reads these once, on import; conftest is imported before any test
+# module.
 os.environ.update(
     PREFECT_HOME=PREFECT_HOME,
     PREFECT_SERVER_ANALYTICS_ENABLED="false",
     PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90",
+    PREFECT_SERVER_ALLOW_EPHEMERAL_MODE="false",
     PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="CRITICAL",
 )
 os.environ.pop("PREFECT_API_URL", None)
