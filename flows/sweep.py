@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -253,7 +254,8 @@ def train_grid(grid: list[dict], trunks: list[dict] | None = None) -> list[dict]
     get_run_logger().info("%d cells complete, %d to train", len(results), count)
     _report_progress(grid, results, progress, None, {})
     runner = FlowRunContext.get().task_runner
-    jobs = CostOrderedQueue(runner.workers + 1 if isinstance(runner, EarlyProcessPool) else None)
+    workers = runner.workers if isinstance(runner, EarlyProcessPool) else None  # a local pool's
+    jobs = CostOrderedQueue(workers + 1 if workers else None)
 
     def add_cell(params: dict, trunk: PrefectFuture | None = None) -> None:
         submit = functools.partial(_submit_cell, params, trunk)
@@ -270,12 +272,25 @@ def train_grid(grid: list[dict], trunks: list[dict] | None = None) -> list[dict]
                 future.result()  # a trunk that crashed (not one that failed and says so) stops the sweep
                 for params in to_train[fp]:
                     add_cell(params, future)
-                continue
-            record = future.result()
-            results[record["cell_id"]] = record
-            cells = {key[1]: future for key, future in jobs.futures.items() if key[0] == "cells"}
-            _report_progress(grid, results, progress, record, cells)
+            else:
+                record = future.result()
+                results[record["cell_id"]] = record
+                cells = {key[1]: future for key, future in jobs.futures.items() if key[0] == "cells"}
+                _report_progress(grid, results, progress, record, cells)
+            if workers and not jobs.waiting and len(jobs.running) < workers:
+                analysis_imported_meanwhile()  # a worker has nothing left to train
     return list(results.values())
+
+
+@functools.cache
+def analysis_imported_meanwhile() -> threading.Thread:
+    """Import what the report needs (matplotlib: 0.3 s) in a thread, once: on the core of a worker
+    that has nothing left to train, instead of after the last cell. Not scipy.special, which the
+    fits import first: with no idle core that race cost the fits more than it saved."""
+    modules = ("tasks.verdict", "tasks.report", "matplotlib.backends.backend_agg")
+    importer = threading.Thread(target=lambda: [importlib.import_module(m) for m in modules], daemon=True)
+    importer.start()
+    return importer
 
 
 def _cell_fp(params: dict) -> str:

@@ -16,9 +16,9 @@ import psutil
 import pytest
 from conftest import SMOKE_CELLS, cli_env, finished_at, run_cli
 
+from flows.plan import sweep_plan
 from flows.spec import load_spec, validate_spec
 from flows.status import stored_plan, trains_cells
-from flows.plan import sweep_plan
 from flows.sweep import data_steps_meanwhile
 from storage.catalog import open_catalog
 from storage.store import COMPLETE_MARKER, Store
@@ -205,6 +205,18 @@ def test_the_flow_takes_each_data_step_once_the_thread_is_past_it(tmp_path):
     with data_steps_meanwhile(spec) as steps_ahead:
         steps_ahead.wait_past(tokens)
         assert Store(str(tmp_path / "store")).marker("tokens", tokens.fp), "published before the wait ends"
+
+
+def test_the_analysis_modules_load_in_a_thread_while_the_last_cells_train(tmp_path):
+    """Catches a module missing from the ones loaded ahead of the report (the thread would die on
+    it), and a list that leaves matplotlib to load after the last cell."""
+    script = (
+        "import sys\nfrom flows.sweep import analysis_imported_meanwhile\n"
+        "analysis_imported_meanwhile().join()\n"
+        "print(all(m in sys.modules for m in ('matplotlib.backends.backend_agg', 'tasks.report')))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["True"] and not done.stderr, done.stderr
 
 
 def test_no_data_step_begins_after_the_wait(tmp_path):
