@@ -115,9 +115,9 @@ class Api:
 
 @contextlib.contextmanager
 def prefect_api(early: TemporaryServer | None = None) -> Iterator[Api]:
-    """The configured Prefect API, or a temporary server (`early`, else one started now in the
-    background), stopped at the end; PREFECT_API_URL names it for this process and the processes it
-    starts meanwhile. Call the yielded `wait_ready()` before the first flow."""
+    """The configured Prefect API, or a temporary server (`early`, from `early_server`, else one
+    started now in the background), stopped at the end; PREFECT_API_URL names it for this process and
+    the processes it starts meanwhile. Call the yielded `wait_ready()` before the first flow."""
     import prefect.context
     from prefect.settings import (
         PREFECT_API_URL,

@@ -191,9 +191,9 @@ def data_steps_meanwhile(spec: SweepSpec) -> Iterator[DataSteps]:
 def sweep_started(spec: SweepSpec, trains: bool, wait_ready: Callable[[], None]) -> Iterator[Flow]:
     """The sweep flow, to call once `wait_ready()` (Prefect's server starting) has returned; `trains`:
     whether the store leaves trunks or cells to train. Then the data steps begin first and the workers
-    start (which holds this thread until the fork server has imported torch): everything shares the
-    cores while the server starts. The flow begins while the data steps may still run: its own
-    start (the flow run, its first task runs) overlaps theirs instead of following it."""
+    start (from a thread: the fork server imports torch meanwhile), so that everything shares the
+    cores while the server starts; and the flow may begin while the data steps still run, its own
+    start (the flow run, its first task runs) overlapping theirs instead of following them."""
     if not trains:
         wait_ready()
         yield scaling_sweep
