@@ -11,13 +11,13 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from flows.fit_csv import add_csv_options, fit_csv, refuse_csv_options
+from flows.query_output import FORMATTERS
 from flows.spec import PRESETS, SweepSpec, load_spec, validate_spec
 from storage.errors import UserError
 from storage.store import DEFAULT_STORE, Store, StoreError
@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_STORE,
         help=f"store folder or URL, e.g. s3://bucket/x (default: {DEFAULT_STORE})",
     )
-    query.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
+    query.add_argument("--format", choices=list(FORMATTERS), default="table", help="output format")
     query.set_defaults(command=_query)
 
     status = commands.add_parser(
@@ -361,36 +361,8 @@ def _query(args: argparse.Namespace) -> int:
         return 0
     columns = [d[0] for d in result.description]
     rows = result.fetchall()
-    FORMATTERS[args.format](columns, rows)
+    FORMATTERS[args.format](columns, rows, console)
     return 0
-
-
-def _print_table(columns: list[str], rows: list[tuple]) -> None:
-    table = Table()
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
-    console.print(table)
-
-
-def _print_csv(columns: list[str], rows: list[tuple]) -> None:
-    import csv
-
-    writer = csv.writer(sys.stdout)
-    writer.writerow(columns)
-    writer.writerows(rows)
-
-
-def _print_json(columns: list[str], rows: list[tuple]) -> None:
-    print(json.dumps([dict(zip(columns, row, strict=True)) for row in rows], default=str, indent=1))
-
-
-FORMATTERS: dict[str, Callable[[list[str], list[tuple]], None]] = {
-    "table": _print_table,
-    "csv": _print_csv,
-    "json": _print_json,
-}
 
 
 def entry() -> None:

@@ -109,10 +109,7 @@ def build_model(shape: ModelShape, vocab_size: int, context: int, seed: int) -> 
 
 # What a worker process imports to build, train, evaluate, sample and save a cell's model: torch,
 # transformers' Llama and Auto classes, the cell's task code, Prefect's task engine, and pyarrow's
-# dataset module, which reading the token stream imports (0.2 s alone, 0.4 s in a sweep's worker);
-# then what the first task in each worker imported before it began, 0.17 s: the module of the flow
-# that the task takes along, and the Prefect collection installed (prefect_dask), which Prefect
-# loads when the task's run context is built
+# dataset module, which reading the token stream imports (0.2 s alone, 0.4 s in a sweep's worker)
 TRAINING_MODULES = (
     "transformers.models.llama.modeling_llama",
     "transformers.models.auto.modeling_auto",
@@ -121,8 +118,6 @@ TRAINING_MODULES = (
     "tasks.steps",
     "prefect.task_engine",
     "pyarrow.dataset",
-    "flows.sweep",
-    "prefect_dask",
 )
 
 

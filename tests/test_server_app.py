@@ -1,10 +1,14 @@
-"""The temporary server's app replays requests that found the database busy (flows/server_app.py).
+"""The temporary server's app replays requests that found the database busy, and holds its start
+lock until it has started (flows/server_app.py).
 
 A Starlette app stands in for Prefect's: its routes are mounted under /api, as Prefect's are (routing
 writes into the scope), and its handler of every exception answers a busy error with 503, after which
 Starlette raises the error again, as it does with Prefect's answer to a busy SQLite database."""
 
 from __future__ import annotations
+
+import contextlib
+import fcntl
 
 import pytest
 from starlette.applications import Starlette
@@ -13,7 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
-from flows.server_app import BUSY, REPLAYS, BusyRequestsReplayed
+from flows.server_app import BUSY, REPLAYS, BusyRequestsReplayed, UnlockedOnceStarted
 
 
 class Busy(Exception):
@@ -60,3 +64,31 @@ def test_other_errors_are_not_run_again():
     with pytest.raises(ValueError):
         TestClient(BusyRequestsReplayed(app)).post("/api/echo", content=b"x")
     assert len(bodies) == 1
+
+
+def test_the_start_lock_is_held_until_the_apps_lifespan_has_started(tmp_path):
+    """Catches the lock in PREFECT_HOME given up before the app (Prefect's: its database created or
+    migrated) has started, or never: a second server would then create the same database at once,
+    or wait for ever."""
+    lock_path = tmp_path / "scalelaw-server.lock"
+    held_during_startup: list[bool] = []
+
+    def is_locked() -> bool:
+        with open(lock_path, "w") as probe:
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(probe, fcntl.LOCK_UN)
+            return False
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        held_during_startup.append(is_locked())
+        yield
+
+    lock = open(lock_path, "w")  # noqa: SIM115 (the app closes it)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    with TestClient(UnlockedOnceStarted(Starlette(lifespan=lifespan), lock)):
+        assert held_during_startup == [True]
+        assert not is_locked()
