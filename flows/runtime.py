@@ -1,6 +1,6 @@
 """The process plumbing a sweep runs in: the API shared with worker processes, progress listeners,
-a process pool started ahead of its flow, workers killed on stop, a queue that submits the most
-expensive jobs first and waits on them in a signal-friendly way, and one GPU per worker. Plain
+the training processes started ahead of their flow, workers killed on stop, a queue that submits the
+most expensive jobs first and waits on them in a signal-friendly way, and one GPU per worker. Plain
 functions, classes and context managers; the flows in flows/sweep.py use them and hold no plumbing of
 their own."""
 
@@ -14,13 +14,15 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any
 
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
-from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from tasks.steps import trained_in
 
 ProgressCallback = Callable[[int, int, dict[str, Any] | None], None]
 _progress_listeners: list[ProgressCallback] = []
@@ -56,63 +58,79 @@ def api_shared_with_workers() -> Iterator[None]:
             os.environ["PREFECT_API_URL"] = previous
 
 
-class EarlyProcessPool(ProcessPoolTaskRunner):
-    """Prefect's process pool, whose workers can start before the flow that trains in them: started
-    while Prefect's server starts and the sweep prepares its data, they are ready by the time the
-    first cell is submitted. Given `modules`, its workers fork from a server process that imported
-    them once (torch and transformers: about 4 s of a core), instead of each importing them anew as
-    Prefect's spawned workers do. Prefect enters a flow's task runner through `duplicate()`, which
-    here is the pool itself, already running; leaving it a second time does nothing."""
+class TrainingPool(Executor):
+    """The local worker processes that train a sweep's trunks and cells, started before the flow that
+    trains in them: started while Prefect's server starts and the sweep prepares its data, they are
+    ready by the time the first cell is submitted. Given `modules`, its workers fork from a server
+    process that imported them once (torch and transformers: about 4 s of a core), instead of each
+    importing them anew. While entered it is the training pool of tasks/steps.py (`trained_in`): each
+    trunk's and cell's task runs in this process, on a thread, and only its training runs in a worker.
+    Entered a second time (by the flow, after the CLI), it is left at the first exit."""
 
-    def __init__(self, max_workers: int, modules: Sequence[str] = (), **options: Any) -> None:
-        super().__init__(max_workers=max_workers, **options)
-        self.workers, self.modules, self.options = max_workers, tuple(modules), options
-        self.entered = self.workers_started = False
+    def __init__(
+        self,
+        workers: int,
+        modules: Sequence[str] = (),
+        initializer: Callable[..., None] | None = None,
+        initargs: tuple = (),
+    ) -> None:
+        self.workers, self.modules = workers, tuple(modules)
+        self.initializer, self.initargs = initializer, initargs
+        self.executor: ProcessPoolExecutor | None = None
+        self.trained_in: contextlib.ExitStack | None = None
+        self.workers_started = False
         self.starting: threading.Thread | None = None
 
-    def __reduce__(self) -> tuple:
-        # the flow that runs in the pool names it, and each task takes the flow along: as a pool not
-        # started (a running one holds a queue that only its own workers may have)
-        return (_unstarted_pool, (self.workers, self.modules, self.options))
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        if self.executor is None:
+            raise RuntimeError("the training pool is not running")
+        return self.executor.submit(fn, *args, **kwargs)
 
-    def duplicate(self) -> EarlyProcessPool:
-        return self
-
-    def __enter__(self) -> EarlyProcessPool:
-        if not self.entered:
-            super().__enter__()
-            self.entered = True
-            spawning = getattr(self, "_executor", None)  # Prefect's; without it, its workers as they are
-            if spawning is not None and self.modules:
-                self._executor = _forked_from_preloaded(spawning, self.modules)
+    def __enter__(self) -> TrainingPool:
+        if self.executor is None:
+            self.executor = ProcessPoolExecutor(
+                self.workers, mp_context=self._context(), initializer=self.initializer, initargs=self.initargs
+            )
+            self.trained_in = contextlib.ExitStack()
+            self.trained_in.enter_context(trained_in(self))
         return self
 
     def __exit__(self, exc_type: Any, *exc_info: Any) -> None:
-        if not self.entered:
+        if self.executor is None:
             return
-        self.entered = False
         if self.starting is not None:
             self.starting.join()
             self.starting = None
-        if exc_type is None and getattr(self, "_executor", None) is not None:
-            # every task is done: the idle workers exit on their own (a second or two of tearing down
-            # torch) while the flow goes on to its fits, instead of the flow waiting for them
-            self._executor.shutdown(wait=False)
-            self._executor = None
-        super().__exit__(exc_type, *exc_info)
+        self.trained_in.close()
+        # every job done: the idle workers exit on their own (a second or two of tearing down torch)
+        # while the flow goes on to its fits, instead of the flow waiting for them
+        self.executor.shutdown(wait=exc_type is not None, cancel_futures=True)
+        self.executor = None
 
     def start_workers(self, preload: Callable[[], None]) -> None:
         """Start every worker on `preload` (which imports what the work needs), once: the executor
         starts a process for each job that finds no idle worker. From a thread: the first process
         waits for the fork server to import `modules` (seconds), and the caller need not."""
-        executor = getattr(self, "_executor", None)  # Prefect's; without it the workers start lazily
-        if executor is None or self.workers_started:
+        if self.executor is None or self.workers_started:
             return
         self.workers_started = True
         self.starting = threading.Thread(
-            target=_submit_each, args=(executor, preload, self.workers), name="workers-start", daemon=True
+            target=_submit_each,
+            args=(self.executor, preload, self.workers),
+            name="workers-start",
+            daemon=True,
         )
         self.starting.start()
+
+    def _context(self) -> multiprocessing.context.BaseContext:
+        """Forked from multiprocessing's fork server, which imports `modules` as it starts (with the
+        first worker): it starts fresh, like a spawned process, and forking from it is safe as it has
+        run nothing but those imports. Without modules (CUDA workers), spawned."""
+        if not self.modules:
+            return multiprocessing.get_context("spawn")
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(list(self.modules))
+        return context
 
 
 def _submit_each(executor: ProcessPoolExecutor, job: Callable[[], None], workers: int) -> None:
@@ -122,38 +140,24 @@ def _submit_each(executor: ProcessPoolExecutor, job: Callable[[], None], workers
             executor.submit(job)
 
 
-def _unstarted_pool(workers: int, modules: tuple[str, ...], options: dict[str, Any]) -> EarlyProcessPool:
-    return EarlyProcessPool(workers, modules, **options)
-
-
-def _forked_from_preloaded(spawning: ProcessPoolExecutor, modules: Sequence[str]) -> ProcessPoolExecutor:
-    """`spawning`, a pool that has started no process yet, as a pool of the same size and initializer
-    whose processes fork from multiprocessing's fork server, which imports `modules` when it starts
-    (with the first worker). The fork server itself starts fresh, like a spawned process; forking
-    from it is safe as it has run nothing but those imports."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(modules))
-    spawning.shutdown()
-    return ProcessPoolExecutor(
-        spawning._max_workers,
-        mp_context=context,
-        initializer=spawning._initializer,
-        initargs=spawning._initargs,
-    )
+def cells_runner(pool: TrainingPool | None, dask: Callable[[], TaskRunner]) -> TaskRunner:
+    """The task runner of the flow that trains the cells: on a training pool, threads of this process
+    (one more than the workers, so that the next job waits in the pool's queue as a worker finishes);
+    else `dask()`, whose workers run the tasks and train."""
+    return dask() if pool is None else ThreadPoolTaskRunner(max_workers=pool.workers + 1)
 
 
 @contextlib.contextmanager
-def workers_started_early(runner: TaskRunner, preload: Callable[[], None] | None) -> Iterator[None]:
-    """A local process pool's workers start now (unless they have), on `preload` (None: they start
-    with the first task, if any), while the caller goes on; the flow that trains then enters the
-    running pool and leaves it (or this does, should the caller fail before). Other runners start
-    with the flow that uses them."""
-    if not isinstance(runner, EarlyProcessPool):
+def workers_started_early(pool: TrainingPool | None, preload: Callable[[], None] | None) -> Iterator[None]:
+    """A training pool's workers start now (unless they have), on `preload` (None: they start with
+    the first job, if any), while the caller goes on; the flow that trains then enters the running
+    pool and leaves it (or this does, should the caller fail before). None: nothing to start."""
+    if pool is None:
         yield
         return
-    with runner:
+    with pool:
         if preload is not None:
-            runner.start_workers(preload)
+            pool.start_workers(preload)
         yield
 
 

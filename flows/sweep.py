@@ -22,15 +22,15 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner
 
 from flows.plan import Step, analysis_steps, planned, resolved_plan, task_cost
 from flows.runtime import (
     CostOrderedQueue,
-    EarlyProcessPool,
+    TrainingPool,
     api_shared_with_workers,
+    cells_runner,
     gpu_request,
     local_gpu_workers,
     notify_progress,
@@ -54,12 +54,6 @@ STEP_TASKS: dict[str, Task] = {
     for task in (steps.prepare_corpus, steps.build_vocab, steps.tokenize, steps.fit_laws, steps.write_report)
 }
 
-# What the fork server of a local pool imports for its workers: the training's modules, then what the
-# first task in each worker imported before it began (0.17 s): this module, whose flow the task takes
-# along, and the Prefect collection installed (prefect_dask), which Prefect loads as it builds the
-# task's run context
-WORKER_MODULES = (*TRAINING_MODULES, __name__, "prefect_dask")
-
 # Prefect writes a failed run's exception to its result storage, as a pickle unless told otherwise; as
 # JSON it keeps the type and message. A finished run's result is not written: the store holds it.
 FLOW_RESULTS: dict[str, Any] = {"persist_result": False, "result_serializer": "json"}
@@ -69,20 +63,27 @@ class CellsFailed(RuntimeError):
     """Raised at the end of a sweep whose cells did not all finish; names them."""
 
 
-def task_runner(execution: ExecutionSpec, device: str = "cpu") -> TaskRunner:
-    """The engine that trains the cells: never more trainings at once than workers; on CUDA, one GPU
-    per local worker (a local Dask cluster's workers each declare one GPU resource)."""
+def training_pool(execution: ExecutionSpec, device: str = "cpu") -> TrainingPool | None:
+    """The local worker processes that train the cells, never more trainings at once than workers; on
+    CUDA, one GPU per worker. None when the cells train on Dask."""
+    if execution.engine != "processes":
+        return None
     gpus = local_gpu_workers(execution.workers, device)
-    if execution.engine == "processes":
-        initializer, initargs = gpus or (None, ())
-        # CUDA workers are spawned: each must see its own GPU, and a process forked after CUDA was
-        # initialised (an import may do it) cannot use CUDA
-        modules = () if gpus else WORKER_MODULES
-        return EarlyProcessPool(execution.workers, modules, initializer=initializer, initargs=initargs)
+    initializer, initargs = gpus or (None, ())
+    # CUDA workers are spawned: each must see its own GPU, and a process forked after CUDA was
+    # initialised (an import may do it) cannot use CUDA
+    modules = () if gpus else TRAINING_MODULES
+    return TrainingPool(execution.workers, modules, initializer=initializer, initargs=initargs)
+
+
+def dask_runner(execution: ExecutionSpec, device: str = "cpu") -> TaskRunner:
+    """Dask's workers run the cells' tasks and train: a cluster's, or a local cluster's, each of whose
+    workers declares one GPU resource on CUDA."""
     from prefect_dask import DaskTaskRunner
 
     if execution.dask_address:
         return DaskTaskRunner(address=execution.dask_address)
+    gpus = local_gpu_workers(execution.workers, device)
     cluster = {"n_workers": execution.workers, "threads_per_worker": 1, "processes": True}
     return DaskTaskRunner(cluster_kwargs=cluster | ({"resources": {"GPU": 1}} if gpus else {}))
 
@@ -104,13 +105,12 @@ def _reusable(step: Step) -> bool:
 def scaling_sweep(spec: SweepSpec = PRESETS["default"]) -> dict[str, Any]:
     """Train every cell of the grid on the spec's corpus and fit scaling laws to the results."""
     store = Store(spec.execution.store).location
-    runner = FlowRunContext.get().task_runner  # a pool started for this flow (see early_workers)
-    if not isinstance(runner, EarlyProcessPool):
-        runner = task_runner(spec.execution, spec.train.device)
+    started = steps.training_pool()  # the CLI's, started ahead of this flow (see early_workers)
+    pool = started if isinstance(started, TrainingPool) else training_pool(spec.execution, spec.train.device)
     # the workers start during the data steps (unless the CLI started them), when there is training
-    started = isinstance(runner, EarlyProcessPool) and runner.workers_started
-    preload = preload_training if started or trains_cells(spec) else None
-    with api_shared_with_workers(), workers_started_early(runner, preload):
+    preload = preload_training if (pool and pool.workers_started) or trains_cells(spec) else None
+    runner = cells_runner(pool, functools.partial(dask_runner, spec.execution, spec.train.device))
+    with api_shared_with_workers(), workers_started_early(pool, preload):
         plan = resolved_plan(spec, store, run_step)  # runs the data steps: corpus, vocabulary, tokens
         cells = train_grid.with_options(task_runner=runner)(plan.params("cells"), plan.params("trunks"))
     sweep = steps.record_sweep(**plan.step("sweeps").params)
@@ -124,16 +124,11 @@ def scaling_sweep(spec: SweepSpec = PRESETS["default"]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def early_workers(spec: SweepSpec) -> Iterator[Flow]:
-    """The sweep flow, on a process pool whose workers start now (while, say, Prefect's server starts),
-    when the spec trains in local processes; the plain flow otherwise."""
-    runner = task_runner(spec.execution, spec.train.device)
-    with workers_started_early(runner, preload_training):
-        yield (
-            scaling_sweep.with_options(task_runner=runner)
-            if isinstance(runner, EarlyProcessPool)
-            else scaling_sweep
-        )
+def early_workers(spec: SweepSpec) -> Iterator[None]:
+    """The training pool, whose workers start now (while, say, Prefect's server starts), when the spec
+    trains in local processes: the sweep's flow, run meanwhile, trains in it."""
+    with workers_started_early(training_pool(spec.execution, spec.train.device), preload_training):
+        yield
 
 
 class DataSteps:
@@ -204,9 +199,9 @@ def sweep_started(spec: SweepSpec, trains: bool, wait_ready: Callable[[], None])
         wait_ready()
         yield scaling_sweep
         return
-    with data_steps_meanwhile(spec), early_workers(spec) as sweep:
+    with data_steps_meanwhile(spec), early_workers(spec):
         wait_ready()
-        yield sweep
+        yield scaling_sweep
 
 
 def fit_and_report(
@@ -259,8 +254,8 @@ def train_grid(grid: list[dict], trunks: list[dict] | None = None) -> list[dict]
     count = sum(len(cells) for cells in to_train.values())
     get_run_logger().info("%d cells complete, %d to train", len(results), count)
     _report_progress(grid, results, progress, None, {})
-    runner = FlowRunContext.get().task_runner
-    workers = runner.workers if isinstance(runner, EarlyProcessPool) else None  # a local pool's
+    pool = steps.training_pool()
+    workers = pool.workers if isinstance(pool, TrainingPool) else None  # a local pool's
     jobs = CostOrderedQueue(workers + 1 if workers else None)
 
     def add_cell(params: dict, trunk: PrefectFuture | None = None) -> None:

@@ -8,14 +8,14 @@ database; the flow asks Prefect to refresh the cache when the artifact is missin
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.exceptions import MissingContextError
@@ -23,11 +23,9 @@ from prefect.exceptions import MissingContextError
 from storage import datasets
 from storage.datasets import Kind
 from storage.store import Store, fingerprint
-from tasks import corpus, tokens
-from tasks.cell import CellPlan, Checkpoints, plan_columns
-from tasks.identity import plan_from_dict, reusable, step_fingerprint, work_dir
-
-Record = dict[str, Any]
+from tasks import artifacts, corpus, tokens
+from tasks.artifacts import Artifact, Record, materialize
+from tasks.identity import reusable, step_fingerprint
 
 
 def _cache_key(context: Any, parameters: dict[str, Any]) -> str:
@@ -37,16 +35,6 @@ def _cache_key(context: Any, parameters: dict[str, Any]) -> str:
 
 def artifact_task(kind: str) -> Callable:
     return task(name=kind, cache_key_fn=_cache_key, persist_result=True, result_serializer="json")
-
-
-def _materialize(kind: str, params: dict[str, Any], build: Callable[[Path, str], Record]) -> Record:
-    """The artifact's record: from the store when complete, else built and published atomically."""
-    store = Store(params["store"])
-    fp = step_fingerprint(kind, params)
-    record = store.marker(kind, fp)
-    if reusable(record):
-        return record
-    return store.publish(kind, fp, lambda out: {"fp": fp, **build(out, fp)}, keep_existing=reusable)
 
 
 @artifact_task(Kind.CLEAN)
@@ -80,7 +68,7 @@ def prepare_corpus(
             for unit in ("documents", "bytes")
         }
 
-    return _materialize(Kind.CLEAN, params, build)
+    return materialize(Kind.CLEAN, params, build)
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter:
@@ -107,7 +95,7 @@ def build_vocab(store: str, corpus_fp: str, vocab_size: int) -> Record:
         tokens.save_tokenizer(tokenizer, out)
         return {"vocab_size": tokenizer.get_vocab_size()}
 
-    return _materialize(Kind.VOCAB, params, build)
+    return materialize(Kind.VOCAB, params, build)
 
 
 @artifact_task(Kind.TOKENS)
@@ -124,59 +112,46 @@ def tokenize(store: str, corpus_fp: str, vocab_fp: str) -> Record:
             counts[f"{split}_tokens"] = len(stream)
         return counts
 
-    return _materialize(Kind.TOKENS, params, build)
+    return materialize(Kind.TOKENS, params, build)
 
 
-def load_stream(store: Store, tokens_fp: str, split: str) -> np.ndarray:
-    """A split's token ids as a read-only numpy view of the memory-mapped Parquet column."""
-    column = datasets.TOKEN_STREAMS[split].read(store, tokens_fp, cached=True).column("token_id")
-    return column.chunk(0).to_numpy(zero_copy_only=True) if column.num_chunks == 1 else column.to_numpy()
+_training_pool: Executor | None = None  # a sweep's local worker processes, while it trains in them
 
 
-SUMMARY_COLUMNS = (
-    "cell_id",
-    "status",
-    "error",
-    "params_nonembedding",
-    "tokens_seen",
-    "val_loss_nats",
-    "train_seconds",
-)
+@contextlib.contextmanager
+def trained_in(pool: Executor) -> Iterator[None]:
+    """Trunks and cells train in `pool` (a sweep's local worker processes) meanwhile, instead of in the
+    process that runs their task: Prefect's work for each stays in this one (the flow's, where its
+    client and settings are built once), and the workers only train."""
+    global _training_pool
+    _training_pool = pool
+    try:
+        yield
+    finally:
+        _training_pool = None
 
 
-def _training_artifact(
-    kind: str,
-    params: dict[str, Any],
-    train: Callable[[Path, Path, Checkpoints], Any],
-    failed: Callable[[str], Any],
-    finish: Callable[[Path, Path, str, Any], Record],
-) -> Record:
-    """The body the trunk and cell tasks share: torch on `threads` threads, transformers without its
-    progress bars (a worker's would reach the sweep's terminal), a checkpoint in the work
-    folder every `checkpoint_seconds` that a rerun continues from, a failure recorded rather than
-    raised, and the work folder removed once the artifact is published.
+def training_pool() -> Executor | None:
+    """The pool that `trained_in` names now; None: trunks and cells train where their task runs."""
+    return _training_pool
 
-    `train(out, work, checkpoints)` returns the result, `failed(error)` the result of a failure, and
-    `finish(out, work, fp, result)` writes the artifact and returns its record."""
-    store, logger = params["store"], get_run_logger()
-    name = kind.removesuffix("s")
 
-    def build(out: Path, fp: str) -> Record:
-        import torch  # imported by the worker that trains, not by the flow's process
-        from transformers.utils import logging as transformers_logging
-
-        torch.set_num_threads(params["threads"])
-        transformers_logging.disable_progress_bar()
-        work = work_dir(store, kind, fp)
-        try:
-            result = train(out, work, Checkpoints(work / "checkpoint.pt", params["checkpoint_seconds"]))
-        except Exception as error:  # one trunk's or cell's failure is recorded and must not stop the sweep
-            logger.exception("%s %s failed", name, fp)
-            result = failed(f"{type(error).__name__}: {error}")
-        return finish(out, work, fp, result)
-
-    record = _materialize(kind, params, build)
-    shutil.rmtree(work_dir(store, kind, record["fp"]), ignore_errors=True)
+def _trained(kind: str, artifact: Artifact, params: dict[str, Any]) -> Record:
+    """`artifact(params)`, run in the training pool if there is one, its log lines logged again in
+    this task's run (the UI shows them); a complete artifact's record, from the store, without a
+    worker."""
+    stored = Store(params["store"]).marker(kind, step_fingerprint(kind, params))
+    if reusable(stored):
+        return stored
+    pool = _training_pool
+    record, lines = (
+        artifacts.with_log(artifact, params)
+        if pool is None
+        else pool.submit(artifacts.with_log, artifact, params).result()
+    )
+    logger = _logger()
+    for level, line in lines:
+        logger.log(level, line)
     return record
 
 
@@ -194,29 +169,7 @@ def train_grid_trunk(
 
     The trunk checkpoints every `checkpoint_seconds` and a rerun continues from that checkpoint.
     """
-    params = dict(locals())
-    trunk_plan = plan_from_dict(plan)
-
-    def train(out: Path, work: Path, checkpoints: Checkpoints) -> Record:
-        from tasks.train import train_trunk
-
-        # snapshots stay in the work folder until published: a resumed trunk does not save them again
-        return train_trunk(
-            trunk_plan, branch_steps, load_stream(Store(store), tokens_fp, "train"), work, checkpoints
-        )
-
-    def finish(out: Path, work: Path, trunk_id: str, record: Record) -> Record:
-        from tasks.train import snapshot_name
-
-        snapshots = [work / snapshot_name(step) for step in branch_steps]
-        for snapshot in (path for path in snapshots if path.exists()):
-            shutil.copyfile(snapshot, out / snapshot.name)
-        get_run_logger().info("trunk %s %s: snapshots at steps %s", trunk_id, record["status"], branch_steps)
-        return record
-
-    return _training_artifact(
-        Kind.TRUNKS, params, train, lambda error: {"status": "failed", "error": error}, finish
-    )
+    return _trained(Kind.TRUNKS, artifacts.trunk_artifact, dict(locals()))
 
 
 @artifact_task(Kind.CELLS)
@@ -234,75 +187,7 @@ def train_grid_cell(
     The cell checkpoints every `checkpoint_seconds` and a rerun continues from that checkpoint. A WSD
     cell with a `trunk_fp` starts from that trunk's snapshot at its branch step.
     """
-    params = dict(locals())
-    cell_plan = plan_from_dict(plan)
-
-    def train(out: Path, work: Path, checkpoints: Checkpoints) -> tuple[dict, list]:
-        return _train(Store(store), tokens_fp, vocab_fp, cell_plan, out / "model", checkpoints, trunk_fp)
-
-    def finish(out: Path, work: Path, cell_id: str, outcome: tuple[dict, list]) -> Record:
-        row, curve = outcome
-        row |= {
-            "cell_id": cell_id,
-            "data_fp": tokens_fp,
-            "trunk_id": trunk_fp,
-            "finished_at": datetime.now(UTC),
-        }
-        datasets.RUNS.write([row], out)
-        datasets.CURVES.write([{"cell_id": cell_id, **point} for point in curve], out)
-        get_run_logger().info(
-            "cell %s %s: val loss %s nats/token", cell_id, row["status"], row.get("val_loss_nats")
-        )
-        return {key: row.get(key) for key in SUMMARY_COLUMNS}
-
-    def failed(error: str) -> tuple[dict, list]:
-        return plan_columns(cell_plan) | {"status": "failed", "error": error}, []
-
-    return _training_artifact(Kind.CELLS, params, train, failed, finish)
-
-
-def _train(
-    store: Store,
-    tokens_fp: str,
-    vocab_fp: str,
-    plan: CellPlan,
-    model_dir: Path,
-    checkpoints: Checkpoints,
-    trunk_fp: str | None,
-) -> tuple[dict, list]:
-    from tasks.train import generate_sample, train_cell
-
-    vocab_dir = store.local(Kind.VOCAB, vocab_fp)
-    tokenizer = tokens.load_tokenizer(vocab_dir)
-    outcome = train_cell(
-        plan,
-        load_stream(store, tokens_fp, "train"),
-        load_stream(store, tokens_fp, "val"),
-        tokens.token_byte_lengths(tokenizer),
-        model_dir,
-        checkpoints,
-        _branch_snapshot(store, trunk_fp, plan),
-    )
-    if outcome.row["status"] == "ok":
-        tokens.save_tokenizer(tokenizer, model_dir)
-        outcome.row["sample"] = generate_sample(model_dir, plan.sample_prompt, plan.sample_tokens)
-    return outcome.row, outcome.curve
-
-
-def _branch_snapshot(store: Store, trunk_fp: str | None, plan: CellPlan) -> Path | None:
-    """The trunk snapshot a WSD cell starts from; None: the cell trains from its first step."""
-    from tasks.train import snapshot_name
-
-    if trunk_fp is None:
-        return None
-    snapshot = store.local(Kind.TRUNKS, trunk_fp) / snapshot_name(plan.branch_step)
-    if not snapshot.exists():
-        trunk = store.marker(Kind.TRUNKS, trunk_fp) or {"status": "missing", "error": None}
-        raise RuntimeError(
-            f"trunk {trunk_fp} ({trunk['status']}: {trunk['error']}) has no snapshot at step "
-            f"{plan.branch_step}; rerun the sweep to train it again"
-        )
-    return snapshot
+    return _trained(Kind.CELLS, artifacts.cell_artifact, dict(locals()))
 
 
 def cell_rows(store: Store, cell_ids: list[str]) -> list[dict]:
@@ -358,7 +243,7 @@ def fit_laws(
             "verdict": {"headline": judged.headline, "findings": [vars(f) for f in judged.findings]},
         }
 
-    return _materialize(Kind.FITS, params, build)
+    return materialize(Kind.FITS, params, build)
 
 
 @artifact_task(Kind.REPORTS)
@@ -382,4 +267,4 @@ def write_report(store: str, sweep_name: str, cell_ids: list[str], fits_fp: str)
         (out / "report.md").write_text(markdown)
         return {"path": Store(store).url(Kind.REPORTS, fp, "report.md"), "markdown": markdown}
 
-    return _materialize(Kind.REPORTS, params, build)
+    return materialize(Kind.REPORTS, params, build)

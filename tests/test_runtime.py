@@ -19,17 +19,8 @@ from prefect.runtime import flow_run
 from prefect.settings import PREFECT_HOME, get_current_settings, temporary_settings
 
 from flows.api import API_NAMED, early_server, is_healthy, prefect_api
-from flows.runtime import CostOrderedQueue, EarlyProcessPool, api_shared_with_workers
-
-
-@task
-def worker_pid() -> int:
-    return os.getpid()
-
-
-@flow
-def pids_of_tasks(count: int) -> list[int]:
-    return [future.result() for future in [worker_pid.submit() for _ in range(count)]]
+from flows.runtime import CostOrderedQueue, TrainingPool, cells_runner
+from tasks import steps
 
 
 @flow
@@ -44,53 +35,74 @@ def wait_for(condition, timeout_seconds: float = 60) -> None:
         time.sleep(0.1)
 
 
-def test_a_flow_runs_its_tasks_in_the_workers_started_before_it():
-    """Catches a pool that starts new workers for the flow (Prefect enters a fresh duplicate of a flow's
-    task runner), one that cannot travel with the flow to its tasks (a started pool holds a queue that
-    only inheritance may share), and a pool whose workers outlive the flow."""
-    pool = EarlyProcessPool(2)
-    with shared_server_here(), api_shared_with_workers(), pool:  # as the sweep starts its workers
+def worker_pid(params: dict) -> dict:
+    return {"pid": os.getpid(), "params": params}
+
+
+@task
+def trained_pid(params: dict) -> dict:
+    return steps._trained("cells", worker_pid, params)
+
+
+@flow
+def pids_of_trainings(store: str, count: int) -> list[dict]:
+    return [
+        future.result() for future in [trained_pid.submit({"store": store, "cell": n}) for n in range(count)]
+    ]
+
+
+def test_a_flow_trains_in_the_workers_started_before_it_and_runs_its_tasks_itself(tmp_path):
+    """Catches a pool that starts new workers for the flow, trainings run where their task runs (in
+    the flow's process, or with Prefect's engine in the workers again), arguments or results lost on
+    the way, and a pool whose workers outlive it."""
+    pool = TrainingPool(2)
+    with shared_server_here(), pool:  # as the sweep starts its workers
         pool.start_workers(os.getpid)
         wait_for(lambda: len(multiprocessing.active_children()) >= 2)
         started = {process.pid for process in multiprocessing.active_children()}
-        pids = pids_of_tasks.with_options(task_runner=pool)(4)
-        assert not pool.entered, "the flow leaves the pool it entered"
-    assert set(pids) <= started
+        runner = cells_runner(pool, dask=lambda: None)
+        records = pids_of_trainings.with_options(task_runner=runner)(str(tmp_path), 4)
+        with pool:  # as the flow enters the pool the CLI started, and leaves it first
+            pass
+        assert steps.training_pool() is None, "the first exit leaves the pool"
+    assert {record["pid"] for record in records} <= started
+    assert [record["params"]["cell"] for record in records] == list(range(4))
+    assert steps._trained("cells", worker_pid, {"store": str(tmp_path)})["pid"] == os.getpid(), (
+        "without a pool, training runs here"
+    )
     wait_for(lambda: not multiprocessing.active_children())
 
 
 # In a fresh interpreter, since multiprocessing starts one fork server per process (with the first
-# pool's modules); `wave`: a standard module that neither Prefect nor the worker imports otherwise
+# pool's modules); `wave`: a standard module that neither the worker nor Prefect imports otherwise
 PRELOADED_WORKER = """
 import os, sys
-from prefect import flow, task
-from flows.runtime import EarlyProcessPool
 
-@task
-def worker(flow_pid: int) -> tuple[bool, bool]:
-    return "wave" in sys.modules, os.getppid() != flow_pid
-
-@flow
-def in_worker() -> tuple[bool, bool]:
-    return tuple(worker.submit(os.getpid()).result())
+def worker(flow_pid: int) -> tuple[bool, bool, bool]:
+    return "wave" in sys.modules, os.getppid() != flow_pid, "prefect" in sys.modules
 
 if __name__ == "__main__":
-    print(in_worker.with_options(task_runner=EarlyProcessPool(1, ["wave"]))())
+    from flows.runtime import TrainingPool
+
+    with TrainingPool(1, ["wave"]) as pool:
+        print(pool.submit(worker, os.getpid()).result())
 """
 
 
 def test_the_pools_workers_fork_from_a_process_that_imported_its_modules(tmp_path):
-    """Catches workers that each import the training modules anew (Prefect's spawned workers: about
-    4 s of a core each, on both cores at the start of a sweep) instead of forking from one process
-    that imported them once, and a fork server that does not import the modules it is given."""
+    """Catches workers that each import the training modules anew (spawned workers: about 4 s of a
+    core each, on both cores at the start of a sweep) instead of forking from one process that
+    imported them once, a fork server that does not import the modules it is given, and one that
+    imports Prefect, which a worker no longer needs (0.85 s of a core at the sweep's start)."""
     script = tmp_path / "preloaded.py"
     script.write_text(PRELOADED_WORKER)
     command = [sys.executable, str(script)]
     done = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    imported, forked = ast.literal_eval(done.stdout.strip().splitlines()[-1])
+    imported, forked, prefect_imported = ast.literal_eval(done.stdout.strip().splitlines()[-1])
     assert imported, "the worker started with the pool's modules imported"
     assert forked, "the worker is a child of the fork server, not of the flow's process"
+    assert not prefect_imported, "the worker imported Prefect"
 
 
 def test_without_a_configured_server_flows_report_to_a_temporary_one(tmp_path):

@@ -29,7 +29,8 @@ def trainings(monkeypatch) -> list[str]:
     """The trunks and cells trained from now on, by kind, with the flow's tasks run by one thread here
     (one at a time: threads share torch's global RNG, which seeds each model, and a model built while
     another thread loads one with from_pretrained sometimes comes out with untied embeddings)."""
-    monkeypatch.setattr("flows.sweep.task_runner", lambda execution, device: ThreadPoolTaskRunner(1))
+    monkeypatch.setattr("flows.sweep.training_pool", lambda execution, device: None)
+    monkeypatch.setattr("flows.sweep.dask_runner", lambda execution, device: ThreadPoolTaskRunner(1))
     calls: list[str] = []
     for name in ("train_trunk", "train_cell"):
         real = getattr(train, name)
