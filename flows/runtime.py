@@ -77,7 +77,7 @@ class TrainingPool(Executor):
         self.workers, self.modules = workers, tuple(modules)
         self.initializer, self.initargs = initializer, initargs
         self.executor: ProcessPoolExecutor | None = None
-        self.trained_in: contextlib.ExitStack | None = None
+        self.registered = contextlib.ExitStack()  # as the training pool of tasks/steps.py
         self.workers_started = False
         self.starting: threading.Thread | None = None
 
@@ -91,8 +91,7 @@ class TrainingPool(Executor):
             self.executor = ProcessPoolExecutor(
                 self.workers, mp_context=self._context(), initializer=self.initializer, initargs=self.initargs
             )
-            self.trained_in = contextlib.ExitStack()
-            self.trained_in.enter_context(trained_in(self))
+            self.registered.enter_context(trained_in(self))
         return self
 
     def __exit__(self, exc_type: Any, *exc_info: Any) -> None:
@@ -101,7 +100,7 @@ class TrainingPool(Executor):
         if self.starting is not None:
             self.starting.join()
             self.starting = None
-        self.trained_in.close()
+        self.registered.close()
         # every job done: the idle workers exit on their own (a second or two of tearing down torch)
         # while the flow goes on to its fits, instead of the flow waiting for them
         self.executor.shutdown(wait=exc_type is not None, cancel_futures=True)

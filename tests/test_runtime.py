@@ -4,6 +4,7 @@ pool whose workers start before the flow that uses them."""
 from __future__ import annotations
 
 import ast
+import logging
 import multiprocessing
 import os
 import subprocess
@@ -21,6 +22,7 @@ from prefect.settings import PREFECT_HOME, get_current_settings, temporary_setti
 from flows.api import API_NAMED, early_server, is_healthy, prefect_api
 from flows.runtime import CostOrderedQueue, TrainingPool, cells_runner
 from tasks import steps
+from tasks.artifacts import LOGGER, with_log
 
 
 @flow
@@ -39,9 +41,32 @@ def worker_pid(params: dict) -> dict:
     return {"pid": os.getpid(), "params": params}
 
 
+def logs_and_fails_once(params: dict) -> dict:
+    LOGGER.info("cell %s trained", params["cell"])
+    try:
+        raise ValueError("loss is nan")
+    except ValueError:
+        LOGGER.exception("cell %s failed", params["cell"])
+    return {"status": "failed"}
+
+
+def test_what_a_training_logs_comes_back_and_is_logged_by_its_task(tmp_path, caplog):
+    """Catches a training's log lines (its failure's traceback among them) lost on the way back from
+    its worker: Prefect's logger is not there to send them, so the task logs them again."""
+    record, lines = with_log(logs_and_fails_once, {"cell": 7})
+    assert record == {"status": "failed"}
+    assert lines[0] == (logging.INFO, "cell 7 trained")
+    level, failure = lines[1]
+    assert level == logging.ERROR and "Traceback" in failure and "ValueError: loss is nan" in failure
+    with caplog.at_level(logging.INFO):
+        steps._trained("cells", logs_and_fails_once, {"store": str(tmp_path), "cell": 8})
+    relogged = [record.getMessage() for record in caplog.records if record.name == steps.__name__]
+    assert relogged[0] == "cell 8 trained" and "ValueError: loss is nan" in relogged[1]
+
+
 @task
 def trained_pid(params: dict) -> dict:
-    return steps._trained("cells", worker_pid, params)
+    return {"task_pid": os.getpid(), **steps._trained("cells", worker_pid, params)}
 
 
 @flow
@@ -66,6 +91,7 @@ def test_a_flow_trains_in_the_workers_started_before_it_and_runs_its_tasks_itsel
             pass
         assert steps.training_pool() is None, "the first exit leaves the pool"
     assert {record["pid"] for record in records} <= started
+    assert {record["task_pid"] for record in records} == {os.getpid()}, "the tasks ran in the workers"
     assert [record["params"]["cell"] for record in records] == list(range(4))
     assert steps._trained("cells", worker_pid, {"store": str(tmp_path)})["pid"] == os.getpid(), (
         "without a pool, training runs here"
