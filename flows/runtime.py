@@ -45,7 +45,8 @@ def notify_progress(done: int, total: int, last: dict[str, Any] | None) -> None:
 
 @contextlib.contextmanager
 def api_shared_with_workers() -> Iterator[None]:
-    """Worker processes report to this run's API; without this each would start a temporary server."""
+    """Dask's workers, which run the cells' tasks, report to this run's API; without this each would
+    start a temporary server of its own."""
     previous = os.environ.get("PREFECT_API_URL")
     with get_client(sync_client=True) as client:
         os.environ["PREFECT_API_URL"] = str(client.api_url)
