@@ -5,8 +5,9 @@ flow's critical path: importing the server's code into this process (about 3 s),
 database on a fresh PREFECT_HOME, registering every block type. `prefect_api` starts the same server
 (uvicorn on Prefect's app, UI off, busy requests replayed: flows/server_app.py) as a subprocess at
 once, so that it comes up while this process imports the flow's code, without the block registration
-(its UI is off and nothing here uses blocks), and makes it the API of this process and of every worker
-process it starts. The CLI starts it sooner still (`early_server`), before it imports Prefect."""
+(its UI is off and nothing here uses blocks), and makes it the API of this process and of the
+processes it starts (a local Dask cluster's workers run the cells' tasks). The CLI starts it sooner
+still (`early_server`), before it imports Prefect."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from tasks.steps import trained_in
+from tasks.steps import train_in
 
 ProgressCallback = Callable[[int, int, dict[str, Any] | None], None]
 _progress_listeners: list[ProgressCallback] = []
@@ -64,7 +64,7 @@ class TrainingPool(Executor):
     trains in them: started while Prefect's server starts and the sweep prepares its data, they are
     ready by the time the first cell is submitted. Given `modules`, its workers fork from a server
     process that imported them once (torch and transformers: about 4 s of a core), instead of each
-    importing them anew. While entered it is the training pool of tasks/steps.py (`trained_in`): each
+    importing them anew. While entered it is the training pool of tasks/steps.py (`train_in`): each
     trunk's and cell's task runs in this process, on a thread, and only its training runs in a worker.
     Entered a second time (by the flow, after the CLI), it is left at the first exit."""
 
@@ -78,7 +78,6 @@ class TrainingPool(Executor):
         self.workers, self.modules = workers, tuple(modules)
         self.initializer, self.initargs = initializer, initargs
         self.executor: ProcessPoolExecutor | None = None
-        self.registered = contextlib.ExitStack()  # as the training pool of tasks/steps.py
         self.workers_started = False
         self.starting: threading.Thread | None = None
 
@@ -92,7 +91,7 @@ class TrainingPool(Executor):
             self.executor = ProcessPoolExecutor(
                 self.workers, mp_context=self._context(), initializer=self.initializer, initargs=self.initargs
             )
-            self.registered.enter_context(trained_in(self))
+            train_in(self)
         return self
 
     def __exit__(self, exc_type: Any, *exc_info: Any) -> None:
@@ -101,7 +100,7 @@ class TrainingPool(Executor):
         if self.starting is not None:
             self.starting.join()
             self.starting = None
-        self.registered.close()
+        train_in(None)
         # every job done: the idle workers exit on their own (a second or two of tearing down torch)
         # while the flow goes on to its fits, instead of the flow waiting for them
         self.executor.shutdown(wait=exc_type is not None, cancel_futures=True)
@@ -122,6 +121,11 @@ class TrainingPool(Executor):
         )
         self.starting.start()
 
+    def task_runner(self) -> TaskRunner:
+        """The task runner of the flow that trains in this pool: threads of this process, one more
+        than the workers, so that the next job waits in the pool's queue as a worker finishes."""
+        return ThreadPoolTaskRunner(max_workers=self.workers + 1)
+
     def _context(self) -> multiprocessing.context.BaseContext:
         """Forked from multiprocessing's fork server, which imports `modules` as it starts (with the
         first worker): it starts fresh, like a spawned process, and forking from it is safe as it has
@@ -138,13 +142,6 @@ def _submit_each(executor: ProcessPoolExecutor, job: Callable[[], None], workers
     with contextlib.suppress(Exception):
         for _ in range(workers):
             executor.submit(job)
-
-
-def cells_runner(pool: TrainingPool | None, dask: Callable[[], TaskRunner]) -> TaskRunner:
-    """The task runner of the flow that trains the cells: on a training pool, threads of this process
-    (one more than the workers, so that the next job waits in the pool's queue as a worker finishes);
-    else `dask()`, whose workers run the tasks and train."""
-    return dask() if pool is None else ThreadPoolTaskRunner(max_workers=pool.workers + 1)
 
 
 @contextlib.contextmanager

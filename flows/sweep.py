@@ -30,7 +30,6 @@ from flows.runtime import (
     CostOrderedQueue,
     TrainingPool,
     api_shared_with_workers,
-    cells_runner,
     gpu_request,
     local_gpu_workers,
     notify_progress,
@@ -105,11 +104,11 @@ def _reusable(step: Step) -> bool:
 def scaling_sweep(spec: SweepSpec = PRESETS["default"]) -> dict[str, Any]:
     """Train every cell of the grid on the spec's corpus and fit scaling laws to the results."""
     store = Store(spec.execution.store).location
-    started = steps.training_pool()  # the CLI's, started ahead of this flow (see early_workers)
+    started = steps.current_training_pool()  # the CLI's, started ahead of this flow (early_workers)
     pool = started if isinstance(started, TrainingPool) else training_pool(spec.execution, spec.train.device)
     # the workers start during the data steps (unless the CLI started them), when there is training
     preload = preload_training if (pool and pool.workers_started) or trains_cells(spec) else None
-    runner = cells_runner(pool, functools.partial(dask_runner, spec.execution, spec.train.device))
+    runner = pool.task_runner() if pool else dask_runner(spec.execution, spec.train.device)
     with api_shared_with_workers(), workers_started_early(pool, preload):
         plan = resolved_plan(spec, store, run_step)  # runs the data steps: corpus, vocabulary, tokens
         cells = train_grid.with_options(task_runner=runner)(plan.params("cells"), plan.params("trunks"))
@@ -254,7 +253,7 @@ def train_grid(grid: list[dict], trunks: list[dict] | None = None) -> list[dict]
     count = sum(len(cells) for cells in to_train.values())
     get_run_logger().info("%d cells complete, %d to train", len(results), count)
     _report_progress(grid, results, progress, None, {})
-    pool = steps.training_pool()
+    pool = steps.current_training_pool()
     workers = pool.workers if isinstance(pool, TrainingPool) else None  # a local pool's
     jobs = CostOrderedQueue(workers + 1 if workers else None)
 

@@ -28,6 +28,7 @@ Artifact = Callable[[dict[str, Any]], Record]  # a task's artifact from the task
 # What a trunk or cell logs as it trains; its task logs the lines again in its Prefect run
 LOGGER = logging.getLogger("scalelaw.training")
 LOGGER.propagate = False  # heard only by `with_log`, which hands the lines back
+LOGGER.setLevel(logging.INFO)
 
 SUMMARY_COLUMNS = (
     "cell_id",
@@ -61,7 +62,6 @@ def with_log(artifact: Artifact, params: dict[str, Any]) -> tuple[Record, list[L
     lines: list[LogLine] = []
     handler = _Collecting(lines)
     LOGGER.addHandler(handler)
-    LOGGER.setLevel(logging.INFO)
     try:
         return artifact(params), lines
     finally:

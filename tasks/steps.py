@@ -8,9 +8,8 @@ database; the flow asks Prefect to refresh the cache when the artifact is missin
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Executor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -118,21 +117,16 @@ def tokenize(store: str, corpus_fp: str, vocab_fp: str) -> Record:
 _training_pool: Executor | None = None  # a sweep's local worker processes, while it trains in them
 
 
-@contextlib.contextmanager
-def trained_in(pool: Executor) -> Iterator[None]:
-    """Trunks and cells train in `pool` (a sweep's local worker processes) meanwhile, instead of in the
-    process that runs their task: Prefect's work for each stays in this one (the flow's, where its
-    client and settings are built once), and the workers only train."""
+def train_in(pool: Executor | None) -> None:
+    """Trunks and cells train in `pool` (a sweep's local worker processes) from now on, instead of in
+    the process that runs their task: Prefect's work for each stays in this one (the flow's, where its
+    client and settings are built once), and the workers only train. None: where their task runs."""
     global _training_pool
     _training_pool = pool
-    try:
-        yield
-    finally:
-        _training_pool = None
 
 
-def training_pool() -> Executor | None:
-    """The pool that `trained_in` names now; None: trunks and cells train where their task runs."""
+def current_training_pool() -> Executor | None:
+    """The pool that `train_in` named last; None: trunks and cells train where their task runs."""
     return _training_pool
 
 

@@ -20,7 +20,7 @@ from prefect.runtime import flow_run
 from prefect.settings import PREFECT_HOME, get_current_settings, temporary_settings
 
 from flows.api import API_NAMED, early_server, is_healthy, prefect_api
-from flows.runtime import CostOrderedQueue, TrainingPool, cells_runner
+from flows.runtime import CostOrderedQueue, TrainingPool
 from tasks import steps
 from tasks.artifacts import LOGGER, with_log
 
@@ -85,11 +85,10 @@ def test_a_flow_trains_in_the_workers_started_before_it_and_runs_its_tasks_itsel
         pool.start_workers(os.getpid)
         wait_for(lambda: len(multiprocessing.active_children()) >= 2)
         started = {process.pid for process in multiprocessing.active_children()}
-        runner = cells_runner(pool, dask=lambda: None)
-        records = pids_of_trainings.with_options(task_runner=runner)(str(tmp_path), 4)
+        records = pids_of_trainings.with_options(task_runner=pool.task_runner())(str(tmp_path), 4)
         with pool:  # as the flow enters the pool the CLI started, and leaves it first
             pass
-        assert steps.training_pool() is None, "the first exit leaves the pool"
+        assert steps.current_training_pool() is None, "the first exit leaves the pool"
     assert {record["pid"] for record in records} <= started
     assert {record["task_pid"] for record in records} == {os.getpid()}, "the tasks ran in the workers"
     assert [record["params"]["cell"] for record in records] == list(range(4))
@@ -129,6 +128,18 @@ def test_the_pools_workers_fork_from_a_process_that_imported_its_modules(tmp_pat
     assert imported, "the worker started with the pool's modules imported"
     assert forked, "the worker is a child of the fork server, not of the flow's process"
     assert not prefect_imported, "the worker imported Prefect"
+
+
+def test_what_a_worker_imports_to_train_leaves_prefect_out():
+    """Catches a training module that imports Prefect (tasks.steps, say): the fork server would import
+    it for the workers, about 0.85 s of a core at the sweep's start, and no worker needs it."""
+    script = "import sys\nfrom tasks.model import preload_training\npreload_training()\n"
+    script += "print(sorted({m.split('.')[0] for m in sys.modules} & {'prefect', 'flows'}))"
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=cli_env(), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[]"]
 
 
 def test_without_a_configured_server_flows_report_to_a_temporary_one(tmp_path):
