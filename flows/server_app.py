@@ -27,14 +27,17 @@ PAUSE_SECONDS = 0.05
 
 
 def create_app() -> App:
-    """uvicorn's app factory: Prefect's app, with busy requests replayed, which starts (and creates
-    the database of a fresh PREFECT_HOME) under a lock in PREFECT_HOME: two servers that create one
-    database at once both fail ("index ... already exists"). Exits with API_NAMED, before it opens
-    the database, when Prefect's settings name an API: the temporary server is not needed."""
+    """uvicorn's app factory: Prefect's app, with busy requests replayed, which starts under a lock in
+    PREFECT_HOME, as does the creation of a fresh home's database (flows/server_db.py): two servers
+    that create one database at once both fail ("index ... already exists"). Exits with API_NAMED,
+    before it opens the database, when Prefect's settings name an API: the temporary server is not
+    needed."""
     from prefect.server.api.server import create_app as prefect_app
+    from prefect.server.database import provide_database_interface
     from prefect.settings import get_current_settings
 
     from flows.api import API_NAMED
+    from flows.server_db import create_if_new
 
     settings = get_current_settings()
     if settings.api.url:
@@ -42,6 +45,7 @@ def create_app() -> App:
     settings.home.mkdir(parents=True, exist_ok=True)
     lock = open(settings.home / "scalelaw-server.lock", "w")  # noqa: SIM115 (closed once started)
     fcntl.flock(lock, fcntl.LOCK_EX)
+    create_if_new(provide_database_interface().database_config.connection_url)
     return UnlockedOnceStarted(BusyRequestsReplayed(prefect_app()), lock)
 
 
