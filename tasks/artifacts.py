@@ -5,6 +5,7 @@ artifact shares: built once, published atomically, and returned from the store w
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 from collections.abc import Callable
@@ -52,9 +53,21 @@ def materialize(kind: str, params: dict[str, Any], build: Callable[[Path, str], 
 
 
 def load_stream(store: Store, tokens_fp: str, split: str) -> np.ndarray:
-    """A split's token ids as a read-only numpy view of the memory-mapped Parquet column."""
-    column = datasets.TOKEN_STREAMS[split].read(store, tokens_fp, cached=True).column("token_id")
-    return column.chunk(0).to_numpy(zero_copy_only=True) if column.num_chunks == 1 else column.to_numpy()
+    """A split's token ids as a read-only numpy array (a view of the memory-mapped Parquet column):
+    read once per process, as a published artifact never changes, so that a worker's later trunks and
+    cells find it in memory (15 ms a read on the default preset)."""
+    return _stream(store.location, tokens_fp, split)
+
+
+@functools.lru_cache(maxsize=8)
+def _stream(store_location: str, tokens_fp: str, split: str) -> np.ndarray:
+    table = datasets.TOKEN_STREAMS[split].read(Store(store_location), tokens_fp, cached=True)
+    column = table.column("token_id")
+    if column.num_chunks == 1:
+        return column.chunk(0).to_numpy(zero_copy_only=True)
+    stream = column.to_numpy()
+    stream.setflags(write=False)  # shared by every caller
+    return stream
 
 
 def with_log(artifact: Artifact, params: dict[str, Any]) -> tuple[Record, list[LogLine]]:
