@@ -72,14 +72,18 @@ def si(value: float, _position=None) -> str:
     return f"{value:.3g}"
 
 
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
 def sci(value: float, _position=None) -> str:
-    """1e12 -> "10¹²" and 2e12 -> "2×10¹²" (mathtext): tick labels for compute."""
+    """1e12 -> "10¹²" and 2e12 -> "2×10¹²": tick labels for compute, in Unicode superscripts rather
+    than mathtext, whose parser took a third of the report's first plot with such labels."""
     if value <= 0:
         return ""
     exponent = math.floor(math.log10(value) + 1e-9)
     mantissa = value / 10**exponent
-    head = "" if abs(mantissa - 1) < 1e-6 else f"{mantissa:.2g}{{\\times}}"
-    return f"${head}10^{{{exponent}}}$"
+    head = "" if abs(mantissa - 1) < 1e-6 else f"{mantissa:.2g}×"
+    return f"{head}10{str(exponent).translate(_SUPERSCRIPT)}"
 
 
 def _log_axis(ax, axis: str, counts: bool) -> None:
