@@ -1,6 +1,7 @@
 """The process plumbing a sweep runs in: the API shared with worker processes, progress listeners,
 the training processes started ahead of their flow, workers killed on stop, a queue that submits the
-most expensive jobs first and waits on them in a signal-friendly way, and one GPU per worker. Plain
+most expensive jobs first and waits on them in a signal-friendly way, the process that shares the
+fits and plots with the flow's, and one GPU per worker. Plain
 functions, classes and context managers; the flows in flows/sweep.py use them and hold no plumbing of
 their own."""
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import importlib
 import itertools
 import multiprocessing
 import os
@@ -22,7 +24,7 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from tasks.steps import train_in
+from tasks.steps import analyse_with, train_in
 
 ProgressCallback = Callable[[int, int, dict[str, Any] | None], None]
 _progress_listeners: list[ProgressCallback] = []
@@ -135,6 +137,39 @@ class TrainingPool(Executor):
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(list(self.modules))
         return context
+
+
+ANALYSIS_MODULE = "tasks.plots"  # and with it tasks.fits, tasks.laws and matplotlib
+_analysis_helper: ProcessPoolExecutor | None = None
+
+
+def start_analysis_helper(pool: TrainingPool) -> None:
+    """Start, once, a process that does about half of the sweep's fits and plots beside the flow's
+    (tasks/steps.py `analyse_with`), forked from the training pool's fork server: started when a
+    worker has nothing left to train, it imports the analysis modules on that idle core while the
+    last cells train. Not for a pool whose workers are spawned (CUDA): a fresh process would import
+    everything anew and cost more than it saves."""
+    global _analysis_helper
+    if _analysis_helper is not None or not pool.modules:
+        return
+    _analysis_helper = ProcessPoolExecutor(
+        1, mp_context=pool._context(), initializer=importlib.import_module, initargs=(ANALYSIS_MODULE,)
+    )
+    _analysis_helper.submit(int)  # a job that does nothing, so that the process starts now
+    analyse_with(_analysis_helper)
+
+
+@contextlib.contextmanager
+def analysis_helper_stopped() -> Iterator[None]:
+    """On leaving, the analysis helper (if `start_analysis_helper` started one) stops."""
+    global _analysis_helper
+    try:
+        yield
+    finally:
+        analyse_with(None)
+        if _analysis_helper is not None:
+            _analysis_helper.shutdown(wait=False, cancel_futures=True)
+            _analysis_helper = None
 
 
 def _submit_each(executor: ProcessPoolExecutor, job: Callable[[], None], workers: int) -> None:

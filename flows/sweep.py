@@ -29,10 +29,12 @@ from flows.plan import Step, analysis_steps, planned, resolved_plan, task_cost
 from flows.runtime import (
     CostOrderedQueue,
     TrainingPool,
+    analysis_helper_stopped,
     api_shared_with_workers,
     gpu_request,
     local_gpu_workers,
     notify_progress,
+    start_analysis_helper,
     workers_killed_when_stopped,
     workers_started_early,
 )
@@ -109,11 +111,12 @@ def scaling_sweep(spec: SweepSpec = PRESETS["default"]) -> dict[str, Any]:
     # the workers start during the data steps (unless the CLI started them), when there is training
     preload = preload_training if (pool and pool.workers_started) or trains_cells(spec) else None
     runner = pool.task_runner() if pool else dask_runner(spec.execution, spec.train.device)
-    with api_shared_with_workers(), workers_started_early(pool, preload):
-        plan = resolved_plan(spec, store, run_step)  # runs the data steps: corpus, vocabulary, tokens
-        cells = train_grid.with_options(task_runner=runner)(plan.params("cells"), plan.params("trunks"))
-    sweep = steps.record_sweep(**plan.step("sweeps").params)
-    fits, report = fit_and_report(store, spec.name, plan.cell_ids, **spec.fit.model_dump())
+    with analysis_helper_stopped():  # which train_grid starts as the last cells train
+        with api_shared_with_workers(), workers_started_early(pool, preload):
+            plan = resolved_plan(spec, store, run_step)  # runs the data steps: corpus, vocabulary, tokens
+            cells = train_grid.with_options(task_runner=runner)(plan.params("cells"), plan.params("trunks"))
+        sweep = steps.record_sweep(**plan.step("sweeps").params)
+        fits, report = fit_and_report(store, spec.name, plan.cell_ids, **spec.fit.model_dump())
     failed = [cell for cell in cells if cell["status"] != "ok"]
     summary = {"sweep_id": sweep, "store": store, "cells": cells, "fits": fits, "report": report["path"]}
     if failed:
@@ -277,8 +280,9 @@ def train_grid(grid: list[dict], trunks: list[dict] | None = None) -> list[dict]
                 results[record["cell_id"]] = record
                 cells = {key[1]: future for key, future in jobs.futures.items() if key[0] == "cells"}
                 _report_progress(grid, results, progress, record, cells)
-            if workers and not jobs.waiting and len(jobs.running) < workers:
-                analysis_imported_meanwhile()  # a worker has nothing left to train
+            if workers and not jobs.waiting and len(jobs.running) < workers:  # a worker has nothing left
+                analysis_imported_meanwhile()
+                start_analysis_helper(pool)
     return list(results.values())
 
 

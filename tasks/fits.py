@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -94,10 +97,13 @@ def fit_sweep(
     bootstrap: int = 0,
     holdout_fraction: float = 0.25,
     huber_delta: float = laws.HUBER_DELTA_CHINCHILLA,
+    elsewhere: Executor | None = None,
 ) -> SweepFits:
     """Every form of the laws registry that the points can determine (the others skipped, with the
     reason), the compute-optimal allocation, and an extrapolation check on the largest cells. `huber_delta` is
-    the Chinchilla form's Huber threshold on log loss (Hoffmann et al.'s 1e-3 by default)."""
+    the Chinchilla form's Huber threshold on log loss (Hoffmann et al.'s 1e-3 by default). With
+    `elsewhere` (another process), the Chinchilla form, about half the work with its bootstrap, is fitted
+    there while the rest is fitted here; the results are the same."""
     everything = np.arange(len(points.N))
     frontier = compute_frontier(points.C, points.loss)
     # Which cells each registered form sees, and its options: the one-axis laws the best cell per N,
@@ -113,26 +119,37 @@ def fit_sweep(
         "power_law_C": {"compute": points.C[frontier]},
         "multiplicative": {"compute": points.C},
     }
-    fits, skipped = [], {}
-    for form in laws.FORMS:
+
+    def fitted(form: str) -> Future:
         cells = subsets.get(form, everything)
+        arguments = (form, points.N[cells], points.D[cells], points.loss[cells])
+        run = elsewhere.submit if elsewhere and form == "chinchilla" else _run_here
+        return run(laws.fit, *arguments, **options.get(form, {}))
+
+    chinchilla = fitted("chinchilla")  # first, so that it fits elsewhere while the others fit here
+    futures = {form: chinchilla if form == "chinchilla" else fitted(form) for form in laws.FORMS}
+    held_out = checks.held_out(points.N, points.C, holdout_fraction)
+    extrapolation = checks.extrapolation_rows(
+        points.cell_ids, points.N, points.D, points.C, points.loss, held_out, huber_delta
+    )
+    isoflop = checks.isoflop_rows(points.N, points.D, points.C, points.loss) if len(points.N) else []
+    fits, skipped = [], {}
+    for form, future in futures.items():
         try:
-            fits.append(
-                laws.fit(form, points.N[cells], points.D[cells], points.loss[cells], **options.get(form, {}))
-            )
+            fits.append(future.result())
         except laws.FitInputError as error:  # the cells cannot determine the form; anything else is a bug
             skipped[form] = str(error)
-    held_out = checks.held_out(points.N, points.C, holdout_fraction)
-    return SweepFits(
-        points,
-        fits,
-        skipped,
-        _optimal_rows(points, fits),
-        checks.extrapolation_rows(
-            points.cell_ids, points.N, points.D, points.C, points.loss, held_out, huber_delta
-        ),
-        checks.isoflop_rows(points.N, points.D, points.C, points.loss) if len(points.N) else [],
-    )
+    return SweepFits(points, fits, skipped, _optimal_rows(points, fits), extrapolation, isoflop)
+
+
+def _run_here(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+    """`function(*args, **kwargs)` run now, as a done future (its result or its exception)."""
+    future: Future = Future()
+    try:
+        future.set_result(function(*args, **kwargs))
+    except Exception as error:
+        future.set_exception(error)
+    return future
 
 
 def flops_per_token(points: SweepPoints) -> laws.FlopsPerToken:

@@ -6,6 +6,7 @@ notebook draws the report's plots without pyplot and without touching its matplo
 from __future__ import annotations
 
 import math
+from concurrent.futures import Executor
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,8 @@ CAPTIONS = {  # file name -> alt text, in the report's order
     "residuals.png": "Chinchilla-form residuals",
 }
 PLOTS = tuple(CAPTIONS)
+# about half of the drawing time of the default preset's report (0.55 of 1.0 s)
+DRAWN_ELSEWHERE = ("compute_optimal.png", "loss_contours.png", "residuals.png")
 TOLERANCE = 0.02  # the extrapolation plot's band: predictions within ±2% of the observed loss
 MAX_CURVES = 6  # loss against N (or D): at most this many of the fit's curves
 
@@ -35,15 +38,20 @@ def loss_label(target: str) -> str:
     return "validation loss (bits/byte)" if target == "bits_per_byte" else "validation loss (nats/token)"
 
 
-def render_plots(sweep: SweepFits, out: Path) -> None:
-    """Write every file of PLOTS into `out`."""
-    _save(draw_isoflop(sweep), out / "isoflop.png")
-    _save(draw_compute_optimal(sweep), out / "compute_optimal.png")
-    _save(draw_contours(sweep), out / "loss_contours.png")
-    _save(draw_extrapolation(sweep), out / "extrapolation.png")
-    _save(draw_loss_against(sweep, "N"), out / "loss_vs_N.png")
-    _save(draw_loss_against(sweep, "D"), out / "loss_vs_D.png")
-    _save(draw_residuals(sweep), out / "residuals.png")
+def render_plots(sweep: SweepFits, out: Path, elsewhere: Executor | None = None) -> None:
+    """Write every file of PLOTS into `out`; with `elsewhere` (another process), those of DRAWN_ELSEWHERE
+    there while the others are drawn here."""
+    away = [elsewhere.submit(render_plot, plot, sweep, out) for plot in DRAWN_ELSEWHERE] if elsewhere else []
+    for plot in PLOTS:
+        if not (away and plot in DRAWN_ELSEWHERE):
+            render_plot(plot, sweep, out)
+    for future in away:
+        future.result()
+
+
+def render_plot(plot: str, sweep: SweepFits, out: Path) -> None:
+    """Write one file of PLOTS into `out`."""
+    _save(_DRAW[plot](sweep), out / plot)
 
 
 def _axes(ax, figsize: tuple[float, float], ncols: int = 1):
@@ -387,6 +395,17 @@ def draw_residuals(sweep: SweepFits, ax=None) -> Figure:
     ax.set_title("Chinchilla-form residuals", fontsize=10)
     ax.grid(alpha=0.3, which="major")
     return figure
+
+
+_DRAW = {
+    "isoflop.png": draw_isoflop,
+    "compute_optimal.png": draw_compute_optimal,
+    "loss_contours.png": draw_contours,
+    "extrapolation.png": draw_extrapolation,
+    "loss_vs_N.png": lambda sweep: draw_loss_against(sweep, "N"),
+    "loss_vs_D.png": lambda sweep: draw_loss_against(sweep, "D"),
+    "residuals.png": draw_residuals,
+}
 
 
 def _save(figure, path: Path) -> None:

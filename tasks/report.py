@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import math
 import re
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,10 +27,18 @@ TARGET_NAMES = {
 __all__ = ["PLOTS", "render_report", "with_inline_images"]
 
 
-def render_report(name: str, sweep: SweepFits, verdict: Verdict | None, rows: list[dict], out: Path) -> str:
-    """Write the plots into `out` and return the report's Markdown (which links them): the verdict
-    first, then the fitted laws, the checks behind the verdict, the plots and the cells."""
-    render_plots(sweep, out)
+def render_report(
+    name: str,
+    sweep: SweepFits,
+    verdict: Verdict | None,
+    rows: list[dict],
+    out: Path,
+    elsewhere: Executor | None = None,
+) -> str:
+    """Write the plots into `out` (some in `elsewhere`, another process, if given) and return the
+    report's Markdown (which links them): the verdict first, then the fitted laws, the checks behind
+    the verdict, the plots and the cells."""
+    render_plots(sweep, out, elsewhere)
     return "\n".join(
         [
             f"# Scaling laws: sweep `{name}`",

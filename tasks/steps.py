@@ -130,6 +130,16 @@ def current_training_pool() -> Executor | None:
     return _training_pool
 
 
+_analysis_helper: Executor | None = None  # a process beside this one for the fits and the plots
+
+
+def analyse_with(helper: Executor | None) -> None:
+    """The fits and the report do about half their work in `helper` (another process, with the
+    analysis modules imported) from now on, the rest in this one; None: all of it in this one."""
+    global _analysis_helper
+    _analysis_helper = helper
+
+
 def _trained(kind: str, artifact: Artifact, params: dict[str, Any]) -> Record:
     """`artifact(params)`, run in the training pool if there is one, its log lines logged again in
     this task's run (the UI shows them); a complete artifact's record, from the store, without a
@@ -223,7 +233,7 @@ def fit_laws(
 
         rows = cell_rows(Store(store), cell_ids)
         points = fits.points_from_runs(rows, params_kind, compute_kind, target)
-        sweep = fits.fit_sweep(points, bootstrap, holdout_fraction, huber_delta)
+        sweep = fits.fit_sweep(points, bootstrap, holdout_fraction, huber_delta, _analysis_helper)
         judged = verdict.judge(sweep)
         datasets.FITS.write(fits.fit_rows(fp, sweep), out)
         datasets.OPTIMAL.write(sweep.optimal, out)
@@ -257,7 +267,8 @@ def write_report(store: str, sweep_name: str, cell_ids: list[str], fits_fp: str)
             datasets.ISOFLOP.records(stored, fits_fp, checks.IsoflopProfile),
         )
         findings = datasets.VERDICT.records(stored, fits_fp, verdict.Finding)
-        markdown = report.render_report(sweep_name, sweep, verdict.Verdict(tuple(findings)), rows, out)
+        judged = verdict.Verdict(tuple(findings))
+        markdown = report.render_report(sweep_name, sweep, judged, rows, out, _analysis_helper)
         (out / "report.md").write_text(markdown)
         return {"path": Store(store).url(Kind.REPORTS, fp, "report.md"), "markdown": markdown}
 

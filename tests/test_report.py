@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,3 +170,35 @@ def test_a_sweep_too_small_for_any_check_still_renders(tmp_path):
 
     empty = type(sweep)(**{**vars(sweep), "isoflop": []})
     report.render_report("tiny", empty, None, rows, tmp_path)
+
+
+class RecordingPool(Executor):
+    """A real process pool (a sweep's analysis helper is one) that remembers the functions it ran."""
+
+    def __init__(self, pool: Executor) -> None:
+        self.pool, self.ran = pool, []
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        self.ran.append(fn.__name__)
+        return self.pool.submit(fn, *args, **kwargs)
+
+
+def test_a_helper_process_fits_and_draws_exactly_what_this_one_does(sweep_and_rows, tmp_path):
+    sweep, rows = sweep_and_rows
+    verdict = Verdict(True, "Fine.")
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir(), there.mkdir()
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        helper = RecordingPool(pool)
+        helped = fits.fit_sweep(sweep.points, bootstrap=50, elsewhere=helper)
+        report.render_report("synthetic", sweep, verdict, rows, there, helper)
+    report.render_report("synthetic", sweep, verdict, rows, here)
+
+    assert helper.ran == ["fit"] + ["render_plot"] * 3  # the Chinchilla fit and three of the plots
+    # the same numbers, to the last bit: every form's parameters and intervals, and the bootstrap
+    assert fits.fit_rows("fit", helped) == fits.fit_rows("fit", sweep)
+    assert helped.optimal == sweep.optimal and helped.extrapolation == sweep.extrapolation
+    samples = [(mine.samples, theirs.samples) for mine, theirs in zip(sweep.fits, helped.fits, strict=True)]
+    assert all(a is b is None or np.array_equal(a, b) for a, b in samples)
+    for plot in report.PLOTS:
+        assert (there / plot).read_bytes() == (here / plot).read_bytes(), plot
