@@ -282,7 +282,8 @@ def train_grid(grid: list[dict], trunks: list[dict] | None = None) -> list[dict]
                 _report_progress(grid, results, progress, record, cells)
             if workers and not jobs.waiting and len(jobs.running) < workers:  # a worker has nothing left
                 analysis_imported_meanwhile()
-                start_analysis_helper(pool)
+                if jobs.running:  # the helper starts while cells still train, not after the last
+                    start_analysis_helper(pool)
     return list(results.values())
 
 
