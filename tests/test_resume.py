@@ -4,6 +4,7 @@ uninterrupted run, and failed cells are recorded, never stop the others, and alo
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,6 +63,24 @@ def test_a_killed_sweep_resumes_without_retraining_and_matches_an_uninterrupted_
     print(
         f"killed with {len(done)} cells done and {len(mid_training)} mid-training; resumed to equal numbers"
     )
+
+
+def test_a_rerun_removes_the_work_folder_a_kill_left_beside_a_finished_cell(smoke, tmp_path):
+    """Killed after it published a cell and before it removed that cell's work folder, a sweep left the
+    folder and its checkpoint behind; the next run that trains finds the cell complete and removes
+    them (seen once in test_a_killed_sweep_resumes..., whose kill can land in that moment)."""
+    store = tmp_path / "store"
+    shutil.copytree(smoke["store"], store)
+    finished, *_, to_train = sorted(complete_cells(store))
+    shutil.rmtree(store / "cells" / to_train)  # so that the rerun runs the grid's flow
+    leftover = store / ".work" / f"cells-{finished}"
+    leftover.mkdir(parents=True)
+    (leftover / "checkpoint.pt").write_bytes(b"a checkpoint")
+    assert checkpointed_cells(store)
+
+    result = run_cli(["run", "--preset", "smoke", "--store", str(store)], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not leftover.exists() and not checkpointed_cells(store)
 
 
 def test_a_diverging_cell_is_recorded_and_alone_retried(tmp_path):
