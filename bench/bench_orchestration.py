@@ -27,6 +27,7 @@ import psutil
 from flows.spec import load_spec
 from storage.catalog import open_catalog
 from storage.store import COMPLETE_MARKER, Store
+from tasks.checkpoints import snapshot_name
 
 SAMPLE_SECONDS = 0.5
 
@@ -82,19 +83,29 @@ def timed_run(preset: str, store: Path) -> tuple[float, CpuSampler]:
 
 def training_seconds(store: Path) -> tuple[int, float, float]:
     """Cells, the seconds of training the sweep did, and the longest training. A WSD cell's
-    `train_seconds` include its trunk's up to the branch point; the trunk trained those once, so
-    they count once: the trunks' seconds, plus each cell's share past its branch (its seconds in
-    proportion to its tokens, one model and batch throughout)."""
-    cells, own_seconds, slowest = (
+    `train_seconds` include its trunk's up to the branch point, which the trunk trained once: they
+    count once, as the trunks' seconds, and each cell adds its own past the branch (its seconds less
+    those of the trunk's snapshot it started from)."""
+    rows = (
         open_catalog(Store(store))
-        .execute(
-            "select count(*), sum(train_seconds * (1 - coalesce(branch_tokens, 0) / tokens_seen)),"
-            " max(train_seconds) from runs"
-        )
-        .fetchone()
+        .execute("select train_seconds, trunk_id, branch_tokens / (batch_size * context) from runs")
+        .fetchall()
     )
     trunks = [json.loads(path.read_text()) for path in store.glob(f"trunks/*/{COMPLETE_MARKER}")]
-    return cells, own_seconds + sum(trunk["train_seconds"] for trunk in trunks), slowest
+    own_seconds = sum(
+        seconds - (_seconds_at_snapshot(store / "trunks" / trunk, int(step)) if trunk else 0.0)
+        for seconds, trunk, step in rows
+    )
+    slowest = max(seconds for seconds, _, _ in rows)
+    return len(rows), own_seconds + sum(trunk["train_seconds"] for trunk in trunks), slowest
+
+
+def _seconds_at_snapshot(trunk: Path, step: int) -> float:
+    """The seconds of training a trunk had done at its snapshot of `step`."""
+    import torch
+
+    state = torch.load(trunk / snapshot_name(step), map_location="cpu", weights_only=True)
+    return state["progress"]["train_seconds"]
 
 
 def published(store: Path, kind: str) -> list[float]:
