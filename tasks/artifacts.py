@@ -174,8 +174,14 @@ def _training_artifact(
         return finish(out, work, fp, result)
 
     record = materialize(kind, params, build)
-    shutil.rmtree(work_dir(store, kind, record["fp"]), ignore_errors=True)
+    remove_work(store, kind, record["fp"])
     return record
+
+
+def remove_work(store: str, kind: str, fp: str) -> None:
+    """Remove the work folder (checkpoints) of a published trunk or cell, if it is there: also one
+    that a run killed between publishing the artifact and removing its folder left behind."""
+    shutil.rmtree(work_dir(store, kind, fp, create=False), ignore_errors=True)
 
 
 def _train(

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.colors import LogNorm, Normalize
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from tasks import checks, laws
 from tasks.fits import SweepFits, flops_per_token
+from tasks.plot_axes import count_colourbar, log_axis, log_norm, no_data
 
 CAPTIONS = {  # file name -> alt text, in the report's order
     "isoflop.png": "IsoFLOP profiles: each budget's parabola in ln N and its minimum",
@@ -70,64 +70,6 @@ def finite(value) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def si(value: float, _position=None) -> str:
-    """10000 -> "10k", 2.5e6 -> "2.5M": tick labels for counts of parameters and tokens."""
-    if value <= 0:
-        return ""
-    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if value >= scale:
-            return f"{value / scale:.3g}{prefix}"
-    return f"{value:.3g}"
-
-
-_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
-
-
-def sci(value: float, _position=None) -> str:
-    """1e12 -> "10¹²" and 2e12 -> "2×10¹²": tick labels for compute, in Unicode superscripts rather
-    than mathtext, whose parser took a third of the report's first plot with such labels."""
-    if value <= 0:
-        return ""
-    exponent = math.floor(math.log10(value) + 1e-9)
-    mantissa = value / 10**exponent
-    head = "" if abs(mantissa - 1) < 1e-6 else f"{mantissa:.2g}×"
-    return f"{head}10{str(exponent).translate(_SUPERSCRIPT)}"
-
-
-def _log_axis(ax, axis: str, counts: bool) -> None:
-    """A log axis; counts (N, D) labelled as 10k, 1M, compute as powers of ten."""
-    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
-    low, high = ax.get_xlim() if axis == "x" else ax.get_ylim()
-    _log_ticks(ax.xaxis if axis == "x" else ax.yaxis, low, high, counts)
-
-
-def _log_ticks(target, low: float, high: float, counts: bool) -> None:
-    """Labels at decades, or also at 2 and 5 when the axis spans under two decades, or (for the short
-    labels of counts) at every digit under one decade; none on the minor ticks, where they would overlap."""
-    ratio = high / max(low, 1e-300)
-    subs = (1.0, 2.0, 5.0) if ratio < 100 else (1.0,)
-    subs = np.arange(1.0, 10.0) if ratio < 10 and counts else subs
-    target.set_major_locator(LogLocator(base=10, subs=subs))
-    target.set_minor_locator(LogLocator(base=10, subs=np.arange(2, 10), numticks=100))
-    target.set_minor_formatter(NullFormatter())
-    target.set_major_formatter(FuncFormatter(si if counts else sci))
-
-
-def _log_norm(values: np.ndarray) -> LogNorm:
-    low, high = float(np.min(values)), float(np.max(values))
-    return LogNorm(low, high) if high > low * 1.01 else LogNorm(low / 1.5, high * 1.5)
-
-
-def _count_colourbar(figure, ax, mappable, label: str) -> None:
-    """A colour bar for N or D (a LogNorm), with the same readable ticks as the axes."""
-    bar = figure.colorbar(mappable, ax=ax, label=label)
-    _log_ticks(bar.ax.yaxis, mappable.norm.vmin, mappable.norm.vmax, counts=True)
-
-
-def _no_data(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
-
-
 def _budget_colours(count: int) -> np.ndarray:
     return colormaps["viridis"](np.linspace(0, 0.85, count))
 
@@ -162,8 +104,8 @@ def draw_isoflop(sweep: SweepFits, ax=None) -> Figure:
             style = {"fmt": "D", "color": colour, "ms": 7, "capsize": 3, "zorder": 4}
             ax.errorbar(row.n_opt, row.loss_at_opt, xerr=xerr, **style, mfc=colour if row.interior else "w")
     if not masks:
-        _no_data(ax, "no IsoFLOP budgets")
-    _log_axis(ax, "x", counts=True)
+        no_data(ax, "no IsoFLOP budgets")
+    log_axis(ax, "x", counts=True)
     ax.set_xlabel("N (parameters)")
     ax.set_ylabel(loss_label(points.target))
     kind = "IsoFLOP profiles" if budgets or not masks else "Compute bands of a product grid"
@@ -232,9 +174,9 @@ def draw_compute_optimal(sweep: SweepFits, axes=None) -> Figure:
             if np.isfinite(low).all() and np.isfinite(high).all():
                 ax.fill_between(c, low, high, color="crimson", alpha=0.2, lw=0, label="95% bootstrap band")
         if not rows and not optimal:
-            _no_data(ax, "no IsoFLOP minimum and no Chinchilla fit")
-        _log_axis(ax, "x", counts=False)
-        _log_axis(ax, "y", counts=True)
+            no_data(ax, "no IsoFLOP minimum and no Chinchilla fit")
+        log_axis(ax, "x", counts=False)
+        log_axis(ax, "y", counts=True)
         ax.set_xlabel("compute C (FLOP); shaded: the sweep's range")
         ax.set_ylabel("N_opt (parameters)" if axis == "N" else "D_opt (tokens)")
         ax.set_title(f"Compute-optimal {'model size' if axis == 'N' else 'training tokens'}", fontsize=10)
@@ -248,7 +190,7 @@ def draw_contours(sweep: SweepFits, ax=None) -> Figure:
     points, chinchilla = sweep.points, _chinchilla(sweep)
     figure, ax = _axes(ax, (7, 5))
     if not len(points.N):
-        _no_data(ax, "no cells")
+        no_data(ax, "no cells")
         return figure
     n_range = (points.N.min() / 3, points.N.max() * 3)
     d_range = (points.D.min() / 3, points.D.max() * 3)
@@ -283,8 +225,8 @@ def draw_contours(sweep: SweepFits, ax=None) -> Figure:
         ax.plot(*frontier, color="crimson", lw=2, label="efficient frontier (compute-optimal N, D)")
     ax.set_xlim(*n_range)
     ax.set_ylim(*d_range)
-    _log_axis(ax, "x", counts=True)
-    _log_axis(ax, "y", counts=True)
+    log_axis(ax, "x", counts=True)
+    log_axis(ax, "y", counts=True)
     ax.set_xlabel("N (parameters)")
     ax.set_ylabel("D (tokens)")
     fitted = "contours: the Chinchilla-form fit" if chinchilla is not None else "no Chinchilla-form fit"
@@ -324,16 +266,16 @@ def draw_extrapolation(sweep: SweepFits, ax=None) -> Figure:
         ax.plot(line, line * (1 - TOLERANCE), color="grey", ls="--", lw=1)
         n = np.array([sweep.points.N[sweep.points.cell_ids.index(r.cell_id)] for r in rows])
         scatter = ax.scatter(
-            observed, predicted, c=n, cmap="viridis", norm=_log_norm(n), zorder=3, edgecolors="k"
+            observed, predicted, c=n, cmap="viridis", norm=log_norm(n), zorder=3, edgecolors="k"
         )
-        _count_colourbar(figure, ax, scatter, "N (parameters)")
+        count_colourbar(figure, ax, scatter, "N (parameters)")
         ax.set_xlim(low, high)
         ax.set_ylim(low, high)
         ax.set_aspect("equal")
         ax.legend(fontsize=8, loc="upper left")
         title = f"Held-out cells: mean |relative error| {error:.2%}"
     else:
-        _no_data(ax, "no held-out cells")
+        no_data(ax, "no held-out cells")
         title = "Held-out cells"
     unit = loss_label(sweep.points.target).removeprefix("validation loss ")
     ax.set_xlabel(f"observed loss {unit}")
@@ -351,11 +293,11 @@ def draw_loss_against(sweep: SweepFits, axis: str, ax=None) -> Figure:
     other_name = "D (tokens)" if axis == "N" else "N (parameters)"
     figure, ax = _axes(ax, (6.5, 4.2))
     if not len(x):
-        _no_data(ax, "no cells")
+        no_data(ax, "no cells")
         return figure
-    norm = _log_norm(other)
+    norm = log_norm(other)
     scatter = ax.scatter(x, points.loss, c=other, cmap="plasma", norm=norm, zorder=3, edgecolors="k", lw=0.4)
-    _count_colourbar(figure, ax, scatter, other_name)
+    count_colourbar(figure, ax, scatter, other_name)
     if chinchilla is not None:
         values = np.unique(other)
         if len(values) > MAX_CURVES:
@@ -367,7 +309,7 @@ def draw_loss_against(sweep: SweepFits, axis: str, ax=None) -> Figure:
             ax.plot(grid, predicted, color=colormaps["plasma"](norm(value)), alpha=0.8, lw=1)
         low, high = points.loss.min(), points.loss.max()
         ax.set_ylim(low - 0.1 * (high - low + 1e-9), high + 0.1 * (high - low + 1e-9))
-    _log_axis(ax, "x", counts=True)
+    log_axis(ax, "x", counts=True)
     ax.set_xlabel("N (parameters)" if axis == "N" else "D (tokens)")
     ax.set_ylabel(loss_label(points.target))
     fitted = f"lines: Chinchilla-form fit at fixed {other_name.split()[0]}" if chinchilla is not None else ""
@@ -381,15 +323,15 @@ def draw_residuals(sweep: SweepFits, ax=None) -> Figure:
     points, chinchilla = sweep.points, _chinchilla(sweep)
     if chinchilla is not None and len(points.N):
         residual = np.log(points.loss) - np.log(chinchilla.predict(points.N, points.D))
-        norm = _log_norm(points.N)
+        norm = log_norm(points.N)
         scatter = ax.scatter(points.C, residual, c=points.N, cmap="viridis", norm=norm, zorder=3)
-        _count_colourbar(figure, ax, scatter, "N (parameters)")
+        count_colourbar(figure, ax, scatter, "N (parameters)")
         ax.axhline(0, color="grey", lw=1)
     else:
-        _no_data(ax, "no Chinchilla-form fit")
+        no_data(ax, "no Chinchilla-form fit")
         if len(points.C):
             ax.set_xlim(points.C.min() / 2, points.C.max() * 2)
-    _log_axis(ax, "x", counts=False)
+    log_axis(ax, "x", counts=False)
     ax.set_xlabel("compute C (FLOP)")
     ax.set_ylabel("ln(observed / fitted)")
     ax.set_title("Chinchilla-form residuals", fontsize=10)

@@ -9,7 +9,6 @@ database; the flow asks Prefect to refresh the cache when the artifact is missin
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable
 from concurrent.futures import Executor
 from datetime import UTC, datetime
@@ -25,7 +24,7 @@ from storage.datasets import Kind
 from storage.store import Store, fingerprint
 from tasks import artifacts, corpus, tokens
 from tasks.artifacts import Artifact, Record, materialize
-from tasks.identity import reusable, step_fingerprint, work_dir
+from tasks.identity import reusable, step_fingerprint
 
 
 def _cache_key(context: Any, parameters: dict[str, Any]) -> str:
@@ -147,8 +146,7 @@ def _trained(kind: str, artifact: Artifact, params: dict[str, Any]) -> Record:
     worker."""
     stored = Store(params["store"]).marker(kind, step_fingerprint(kind, params))
     if reusable(stored):
-        # the work folder of a run killed after it published the artifact and before it removed that
-        shutil.rmtree(work_dir(params["store"], kind, stored["fp"], create=False), ignore_errors=True)
+        artifacts.remove_work(params["store"], kind, stored["fp"])  # one a killed run left behind
         return stored
     pool = _training_pool
     record, lines = (
