@@ -24,7 +24,7 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from tasks.steps import analyse_with, train_in
+from tasks.steps import analyse_with, analysis_helper, train_in
 
 ProgressCallback = Callable[[int, int, dict[str, Any] | None], None]
 _progress_listeners: list[ProgressCallback] = []
@@ -140,7 +140,6 @@ class TrainingPool(Executor):
 
 
 ANALYSIS_MODULE = "tasks.plots"  # and with it tasks.fits, tasks.laws and matplotlib
-_analysis_helper: ProcessPoolExecutor | None = None
 
 
 def start_analysis_helper(pool: TrainingPool) -> None:
@@ -149,27 +148,25 @@ def start_analysis_helper(pool: TrainingPool) -> None:
     worker has nothing left to train, it imports the analysis modules on that idle core while the
     last cells train. Not for a pool whose workers are spawned (CUDA): a fresh process would import
     everything anew and cost more than it saves."""
-    global _analysis_helper
-    if _analysis_helper is not None or not pool.modules:
+    if analysis_helper() is not None or not pool.modules:
         return
-    _analysis_helper = ProcessPoolExecutor(
+    helper = ProcessPoolExecutor(
         1, mp_context=pool._context(), initializer=importlib.import_module, initargs=(ANALYSIS_MODULE,)
     )
-    _analysis_helper.submit(int)  # a job that does nothing, so that the process starts now
-    analyse_with(_analysis_helper)
+    helper.submit(int)  # a job that does nothing, so that the process starts now
+    analyse_with(helper)
 
 
 @contextlib.contextmanager
 def analysis_helper_stopped() -> Iterator[None]:
     """On leaving, the analysis helper (if `start_analysis_helper` started one) stops."""
-    global _analysis_helper
     try:
         yield
     finally:
+        helper = analysis_helper()
         analyse_with(None)
-        if _analysis_helper is not None:
-            _analysis_helper.shutdown(wait=False, cancel_futures=True)
-            _analysis_helper = None
+        if helper is not None:
+            helper.shutdown(wait=False, cancel_futures=True)
 
 
 def _submit_each(executor: ProcessPoolExecutor, job: Callable[[], None], workers: int) -> None:

@@ -140,6 +140,11 @@ def analyse_with(helper: Executor | None) -> None:
     _analysis_helper = helper
 
 
+def analysis_helper() -> Executor | None:
+    """The process that `analyse_with` named last; None: the fits and plots run in this one."""
+    return _analysis_helper
+
+
 def _trained(kind: str, artifact: Artifact, params: dict[str, Any]) -> Record:
     """`artifact(params)`, run in the training pool if there is one, its log lines logged again in
     this task's run (the UI shows them); a complete artifact's record, from the store, without a
