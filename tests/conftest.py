@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,8 @@ def text_folder(tmp_path: Path) -> Path:
 # gets a home and a database of its own (for the temporary servers of the CLI runs that start one): no
 # two workers write one SQLite file. The shared server below keeps its database in the controller's.
 PREFECT_HOME = tempfile.mkdtemp(prefix="scalelaw-tests-prefect-")
+# Removed at exit, after the shared server (registered later, so stopped first) has closed its database.
+atexit.register(shutil.rmtree, PREFECT_HOME, ignore_errors=True)
 # Flows that tests run in this process keep their database and results there too, give Prefect's
 # temporary server a busy machine's time to start, and keep Prefect's console log quiet as the CLI does.
 # Prefect never starts a temporary server of its own here: one started to send the last logs as the
