@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +36,18 @@ def train_tokenizer(train_texts: list[str], vocab_size: int) -> Tokenizer:
 
 
 def save_tokenizer(tokenizer: Tokenizer, folder: Path) -> None:
-    """Save so that `PreTrainedTokenizerFast.from_pretrained(folder)` (and AutoTokenizer) load it."""
-    as_transformers(tokenizer).save_pretrained(folder)
-
-
-def as_transformers(tokenizer: Tokenizer):  # -> transformers.PreTrainedTokenizerFast
-    from transformers import PreTrainedTokenizerFast  # slow import, only where a tokenizer is saved
-
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=END_OF_TEXT, pad_token=END_OF_TEXT)
+    """Save so that `PreTrainedTokenizerFast.from_pretrained(folder)` (and AutoTokenizer) load it: the
+    tokenizer's own file and the configuration that names its class and special tokens. Written here,
+    not by transformers' `save_pretrained`, which would import transformers (0.4 s of CPU) into the
+    flow's process for two files."""
+    tokenizer.save(str(folder / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": END_OF_TEXT,
+        "pad_token": END_OF_TEXT,
+        "clean_up_tokenization_spaces": False,  # byte-level BPE decodes exactly; no space is tidied away
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 def load_tokenizer(folder: Path) -> Tokenizer:

@@ -1,12 +1,15 @@
 import dataclasses
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_documents
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from conftest import REPO, make_documents
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from flows.plan import cell_params, cell_plans, grid_params
 from flows.spec import PRESETS, EvalSpec, GridSpec, SpecError, SweepSpec, TrainSpec, validate_spec
@@ -73,10 +76,29 @@ def test_cell_plan_defaults_are_the_specs_defaults():
 
 def test_tokenizer_loads_in_transformers_and_round_trips(tokenizer, tmp_path):
     tokens.save_tokenizer(tokenizer, tmp_path)
-    loaded = PreTrainedTokenizerFast.from_pretrained(tmp_path)
-    text = "The nation and the people."
-    assert loaded.decode(loaded(text)["input_ids"]) == text
-    assert loaded.eos_token_id == tokens.END_OF_TEXT_ID
+    text = "The nation , and  the people ."  # spaces before punctuation come back as they were
+    for loaded in (
+        PreTrainedTokenizerFast.from_pretrained(tmp_path),
+        AutoTokenizer.from_pretrained(tmp_path),
+    ):
+        assert loaded(text)["input_ids"] == tokenizer.encode(text).ids
+        assert loaded.decode(loaded(text)["input_ids"]) == text
+        assert loaded.eos_token_id == loaded.pad_token_id == tokens.END_OF_TEXT_ID
+
+
+def test_saving_a_tokenizer_leaves_transformers_unimported(tmp_path):
+    """The flow's process saves the vocabulary; transformers would cost it 0.4 s of CPU to import."""
+    script = f"""
+import pathlib, sys
+from conftest import make_documents
+from tasks import tokens
+tokens.save_tokenizer(tokens.train_tokenizer(make_documents(20), 300), pathlib.Path({str(tmp_path)!r}))
+print("transformers" in sys.modules)
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "False"
+    assert (tmp_path / "tokenizer.json").exists()
 
 
 def test_byte_lengths_add_up_to_the_utf8_size(tokenizer):
