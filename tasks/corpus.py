@@ -23,7 +23,10 @@ SOTU_SOURCE = "sotu"
 HF_PREFIX = "hf:"
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-_SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u3000]+")
+_BLANK = "\t\u00a0\u2000-\u200a\u3000"  # the blanks besides " " that collapse into one " "
+# Any run of blanks but a lone " " (which stays as it is): the text's single spaces, a sixth of its
+# characters, are not each matched and replaced (a third of the cleaning's time).
+_SPACES = re.compile(f"[{_BLANK}][ {_BLANK}]*| [ {_BLANK}]+")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
 
 
@@ -172,8 +175,8 @@ def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
 def normalise_text(text: str, form: str) -> str:
     """Unicode normalisation, no control characters, tidy whitespace."""
     text = unicodedata.normalize(form, text).replace("\r\n", "\n").replace("\r", "\n")
-    text = _CONTROL.sub("", text)
-    lines = (_SPACES.sub(" ", line).strip() for line in text.split("\n"))
+    text = _SPACES.sub(" ", _CONTROL.sub("", text))
+    lines = (line.strip() for line in text.split("\n"))
     return _MANY_NEWLINES.sub("\n\n", "\n".join(lines)).strip()
 
 

@@ -14,6 +14,26 @@ def test_normalise_text_fixes_unicode_controls_and_whitespace():
     assert corpus.normalise_text(raw, "NFKC") == "Full width text\n\nnext line end"
 
 
+def test_normalise_text_tidies_whitespace_as_line_by_line_stripping_would():
+    """Blanks collapse in one pass over the text; the result is the plain per-line definition's."""
+    import random
+    import re
+    import unicodedata
+
+    def line_by_line(text: str, form: str) -> str:
+        text = unicodedata.normalize(form, text).replace("\r\n", "\n").replace("\r", "\n")
+        text = re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]", "", text)
+        lines = (re.sub(r"[ \t\u00a0\u2000-\u200a\u3000]+", " ", line).strip() for line in text.split("\n"))
+        return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+    alphabet = [chr(c) for c in range(0x3001) if chr(c).isspace()] + list("ab\x00é") + ["e\u0301", "\uff21"]
+    rng = random.Random(0)
+    for _ in range(20_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        for form in ("NFC", "NFKC"):
+            assert corpus.normalise_text(text, form) == line_by_line(text, form), repr(text)
+
+
 def test_clean_corpus_drops_short_and_duplicate_documents_and_counts_them():
     docs = make_documents(20)
     texts = [*docs, docs[3], "  tiny  ", ""]
