@@ -185,6 +185,19 @@ def test_evaluation_reports_loss_stderr_and_bits_per_byte(streams, tokenizer):
     assert metrics["val_bits_per_byte"] > 0
 
 
+def test_evaluation_numbers_do_not_depend_on_the_windows_per_forward_pass(streams, tokenizer, monkeypatch):
+    """EVAL_BATCH_WINDOWS is a matter of speed alone: a cell's numbers are the same to the last bit."""
+    import tasks.evaluate
+
+    _, val = streams
+    model = build_model(ModelShape(32, 2), 300, 32, seed=0)
+    results = []
+    for windows_per_pass in (1, 5, 16, 64):
+        monkeypatch.setattr(tasks.evaluate, "EVAL_BATCH_WINDOWS", windows_per_pass)
+        results.append(evaluate(model, val, tokens.token_byte_lengths(tokenizer), 32, 2048))
+    assert all(result == results[0] for result in results)
+
+
 def test_exploding_loss_is_reported_as_diverged(streams, tokenizer, tmp_path):
     train, val = streams
     outcome = train_cell(
