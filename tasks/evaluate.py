@@ -11,9 +11,10 @@ import torch
 from tasks.head_loss import next_token_nats
 from tasks.windows import windows
 
-# Windows per forward pass; the losses are bitwise the same at 8 to 64. 16 on both cores of an Intel
-# Xeon (bench/README.md): 15-25% faster than 64 from d_model 80 up, where 64 windows' activations
-# outgrow a core's cache, within 5% of the fastest below; the default's shapes 17% faster in all.
+# Windows per forward pass; the losses are bitwise the same at 1 to 64 (a test holds it). 16: on both
+# cores of an Intel Xeon (bench/README.md), 15-25% faster than 64 from d_model 80 up, where 64
+# windows' activations outgrow a core's cache, within 5% of the fastest below; the default's shapes
+# 16-19% faster in all.
 EVAL_BATCH_WINDOWS = 16
 
 
