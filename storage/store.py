@@ -30,11 +30,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from storage.cache import machine_cache
 from storage.errors import UserError
 
 COMPLETE_MARKER = "_COMPLETE.json"
 DEFAULT_STORE = "scalelaw-store"
-CACHE_ENV = "SCALELAW_CACHE"  # where remote artifacts are cached on this machine
 
 
 class StoreError(UserError):
@@ -59,8 +59,7 @@ class Store:
             self.location = str(location).rstrip("/")
             self.fs = _remote_filesystem(self.location)
             self._root = self.fs._strip_protocol(self.location).rstrip("/")
-            cache = Path(os.environ.get(CACHE_ENV, "~/.cache/scalelaw")).expanduser()
-            self._local_root = cache / fingerprint("store", self.location)
+            self._local_root = machine_cache() / fingerprint("store", self.location)
         else:
             root = Path(str(location).removeprefix("file://")).expanduser().resolve()
             if root.exists() and not root.is_dir():

@@ -1,5 +1,6 @@
-"""A fresh Prefect home's database, created on a synchronous connection (flows/server_db.py), is the
-one Prefect's own start creates, at the revision where Prefect's start finds nothing to migrate."""
+"""A fresh Prefect home's database, created on a synchronous connection or copied from the one made so
+before (flows/server_db.py), is the one Prefect's own start creates, at the revision where Prefect's
+start finds nothing to migrate."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ assert create_if_new(provide_database_interface().database_config.connection_url
 """
 
 
-def created(home: Path, script: str) -> Path:
-    env = dict(os.environ, PREFECT_HOME=str(home))
+def created(home: Path, script: str, cache: Path) -> Path:
+    env = dict(os.environ, PREFECT_HOME=str(home), SCALELAW_CACHE=str(cache))
     subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=120)
     return home / "prefect.db"
 
@@ -50,11 +51,22 @@ def schema(path: Path) -> dict:
 
 def test_a_fresh_homes_database_is_the_one_prefect_creates(tmp_path):
     """Catches a migration skipped or run differently, a revision short of Prefect's head (Prefect's
-    start would migrate again), and a database left out of WAL mode."""
-    prefects = schema(created(tmp_path / "prefects", PREFECTS_OWN))
-    ours = schema(created(tmp_path / "ours", OURS))
+    start would migrate again), a database left out of WAL mode, and a later fresh home that is not
+    given the machine's migrated copy (a table added to the copy must reach it) or is given another."""
+    cache = tmp_path / "cache"
+    prefects = schema(created(tmp_path / "prefects", PREFECTS_OWN, cache))
+    assert not cache.exists()
+    ours = schema(created(tmp_path / "ours", OURS, cache))
     assert len(prefects) > 50 and prefects["journal_mode"] == [("wal",)]
     assert ours == prefects
+
+    [template] = (cache / "prefect-db").iterdir()
+    marked = sqlite3.connect(template)
+    marked.execute("create table copied_from_the_template (x)")
+    marked.close()
+    copied = schema(created(tmp_path / "copied", OURS, cache))
+    assert copied.pop("copied_from_the_template")
+    assert copied == prefects
 
 
 def test_an_existing_database_and_other_databases_are_left_to_prefect(tmp_path):
