@@ -5,8 +5,9 @@
 Runs the preset into a fresh store through the CLI, then again (everything complete), and prints:
 the first run's wall time, the seconds of training (trunks and cells) divided by the workers (the
 ideal wall time of the training alone), the overhead as a share of the wall time, the seconds of each stage
-(from the times the store's artifacts were published), the mean number of busy cores during the cell
-phase (from the CPU times of the run's processes, sampled twice a second), and the rerun's wall time.
+(from the times the store's artifacts were published), the mean number of busy cores before the
+tokens and during the cell phase (from the CPU times of the run's processes, sampled twice a second),
+and the rerun's wall time.
 """
 
 from __future__ import annotations
@@ -147,6 +148,8 @@ def main() -> None:
         label = "start, then the corpus" if stage == "corpus" else stage
         print(f"  {label:<34}{finished - previous:8.1f} s")
         previous = finished
+    start_phase = (started + SAMPLE_SECONDS, stages["tokens"])  # none sampled before the first sample
+    print(f"busy cores before the tokens  {sampler.busy_cores(*start_phase):8.2f} (mean from 0.5 s on)")
     cell_phase = (stages["tokens"], stages["cells"])
     print(f"busy cores during the cells   {sampler.busy_cores(*cell_phase):8.2f} (mean over the phase)")
     print(f"rerun, all cells complete     {rerun:8.1f} s = {rerun / first:.1%} of the first run")
