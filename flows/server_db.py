@@ -27,7 +27,7 @@ from storage.cache import machine_cache
 def create_if_new(connection_url: str) -> bool:
     """Create the database `connection_url` names, if it is a SQLite file that does not exist yet,
     with the schema Prefect's own start would give it; whether it did. The machine's migrated copy
-    (`migrated_template()`) is copied when there is one, else made from this database."""
+    (`_migrated_template()`) is copied when there is one, else made from this database."""
     url = sa.make_url(connection_url)
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:") or url.query:
         return False
@@ -35,7 +35,7 @@ def create_if_new(connection_url: str) -> bool:
     if path.exists():
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    template = migrated_template()
+    template = _migrated_template()
     if template.exists():
         _copied(template, path)
         return True
@@ -52,7 +52,7 @@ def create_if_new(connection_url: str) -> bool:
     return True
 
 
-def migrated_template() -> Path:
+def _migrated_template() -> Path:
     """Where this machine keeps a database migrated by this Prefect: named by its version and the
     names of its SQLite migrations, so that another Prefect never finds it."""
     import prefect
