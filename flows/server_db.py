@@ -4,10 +4,10 @@ next fresh home), before Prefect's server starts (flows/server_app.py).
 
 Prefect's server runs its 116 migrations through aiosqlite: each of their 34k statements is a round
 trip between the event loop and aiosqlite's thread, 5.7 s of CPU on these machines, taken from the
-sweep's start (bench/README.md). The same migrations on the standard library's sqlite3 take 1.8 s, a
-copy of their result a few milliseconds. Prefect's server then finds its database at the head
-revision and migrates nothing. A database that exists already, and any database other than a SQLite
-file, is left to Prefect."""
+sweep's start (bench/README.md). The same migrations on the standard library's sqlite3 take
+1.8-3.3 s (alembic's imports included), a copy of their result 2 ms. Prefect's server then finds its
+database at the head revision and migrates nothing. A database that exists already, and any database
+other than a SQLite file, is left to Prefect."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def create_if_new(connection_url: str) -> bool:
     finally:
         engine.dispose()
     if not path.with_name(f"{path.name}-wal").exists():  # else the file alone is not the database
-        with contextlib.suppress(OSError):  # a cache that cannot be written costs the next home 1.8 s
+        with contextlib.suppress(OSError):  # a cache that cannot be written: the next home migrates
             template.parent.mkdir(parents=True, exist_ok=True)
             _copied(path, template)
     return True
