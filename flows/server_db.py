@@ -1,13 +1,18 @@
-"""A fresh Prefect home's SQLite database: a copy of one migrated earlier on this machine for the
-same Prefect, else created by Prefect's own migrations on a synchronous connection (and kept for the
-next fresh home), before Prefect's server starts (flows/server_app.py).
+"""A fresh Prefect home's SQLite database, with the schema Prefect's own start would give it, before
+Prefect's server starts (flows/server_app.py): restored from the schema this repository ships
+(prefect_schema.sql) when Prefect's SQLite migrations are the ones it was made from, else copied from
+one this machine migrated earlier for the same migrations, else created by Prefect's migrations on a
+synchronous connection (and kept for the next fresh home).
 
 Prefect's server runs its 116 migrations through aiosqlite: each of their 34k statements is a round
 trip between the event loop and aiosqlite's thread, 5.7 s of CPU on these machines, taken from the
 sweep's start (bench/README.md). The same migrations on the standard library's sqlite3 take
-1.8-3.3 s (alembic's imports included), a copy of their result 2 ms. Prefect's server then finds its
-database at the head revision and migrates nothing. A database that exists already, and any database
-other than a SQLite file, is left to Prefect."""
+3.0-3.5 s (alembic's imports included), the shipped schema 15 ms, a copy 2 ms. Prefect's server then
+finds its database at the head revision and migrates nothing. A database that exists already, and any
+database other than a SQLite file, is left to Prefect.
+
+    python -m flows.server_db    # write prefect_schema.sql for the installed Prefect's migrations
+"""
 
 from __future__ import annotations
 
@@ -15,19 +20,26 @@ import contextlib
 import hashlib
 import os
 import shutil
+import sqlite3
+import tempfile
 import uuid
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
 
 from storage.cache import machine_cache
 
+SHIPPED_SCHEMA = Path(__file__).with_name("prefect_schema.sql")
+KEY_LINE = "-- Prefect's SQLite schema at the head of the migrations keyed "
 
-def create_if_new(connection_url: str) -> bool:
+
+def create_if_new(connection_url: str, shipped_schema: Path = SHIPPED_SCHEMA) -> bool:
     """Create the database `connection_url` names, if it is a SQLite file that does not exist yet,
-    with the schema Prefect's own start would give it; whether it did. The machine's migrated copy
-    (`_migrated_template()`) is copied when there is one, else made from this database."""
+    with the schema Prefect's own start would give it; whether it did. From `shipped_schema` when it
+    was made from the installed Prefect's migrations, else from the machine's migrated copy when
+    there is one, else made from this database by the migrations (and copied to the machine's)."""
     url = sa.make_url(connection_url)
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:") or url.query:
         return False
@@ -35,43 +47,78 @@ def create_if_new(connection_url: str) -> bool:
     if path.exists():
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    template = _migrated_template()
-    if template.exists():
-        _copied(template, path)
-        return True
-    engine = _migration_engine(url.set(drivername="sqlite"))
+    key = migrations_key()
+    template = machine_cache() / "prefect-db" / f"{key}.db"
+    if shipped_schema.exists() and schema_key(shipped_schema) == key:
+        _written(path, lambda partial: _restore(shipped_schema.read_text(encoding="utf-8"), partial))
+    elif template.exists():
+        _written(path, lambda partial: shutil.copyfile(template, partial))
+    else:
+        _migrate(path)
+        if not path.with_name(f"{path.name}-wal").exists():  # else the file alone is not the database
+            with contextlib.suppress(OSError):  # a cache that cannot be written: the next home migrates
+                template.parent.mkdir(parents=True, exist_ok=True)
+                _written(template, lambda partial: shutil.copyfile(path, partial))
+    return True
+
+
+def migrations_key() -> str:
+    """A name for the schema that the installed Prefect's SQLite migrations build: a hash of their
+    files' names and contents (2 ms), so that no other migrations ever find it."""
+    from prefect.server.database import provide_database_interface
+
+    digest = hashlib.sha256()
+    for migration in sorted(Path(provide_database_interface().orm.versions_dir).glob("*.py")):
+        digest.update(migration.name.encode() + b"\0" + migration.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def schema_key(schema: Path) -> str | None:
+    """The migrations key a schema file written by `write_schema` names in its first line."""
+    with schema.open(encoding="utf-8") as text:
+        first = text.readline().rstrip("\n")
+    return first.removeprefix(KEY_LINE) if first.startswith(KEY_LINE) else None
+
+
+def write_schema(target: Path) -> None:
+    """Write the installed Prefect's migrated schema (and the row of its revision) as SQL to `target`,
+    its first line naming the migrations' key."""
+    with tempfile.TemporaryDirectory() as scratch:
+        migrated = Path(scratch) / "prefect.db"
+        _migrate(migrated)
+        with contextlib.closing(sqlite3.connect(migrated)) as db:
+            statements = list(db.iterdump())
+    text = "\n".join([KEY_LINE + migrations_key(), "-- written by `python -m flows.server_db`", *statements])
+    _written(target, lambda partial: partial.write_text(text + "\n", encoding="utf-8"))
+
+
+def _restore(schema_sql: str, target: Path) -> None:
+    """A database at `target` from a schema file, in WAL mode as Prefect's migrated one is."""
+    with contextlib.closing(sqlite3.connect(target)) as db:
+        db.executescript(schema_sql)
+        db.execute("PRAGMA journal_mode = WAL")  # the last connection closing removes -wal and -shm
+
+
+def _written(target: Path, write: Callable[[Path], object]) -> None:
+    """`write(partial)` to a temporary file beside `target`, then renamed to it: readers see all of it
+    or none."""
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+    try:
+        write(partial)
+        os.replace(partial, target)
+    finally:
+        for suffix in ("", "-wal", "-shm"):  # -wal and -shm: a restore that failed
+            partial.with_name(partial.name + suffix).unlink(missing_ok=True)
+
+
+def _migrate(path: Path) -> None:
+    """Prefect's migrations, to its head revision, into a new SQLite database at `path`."""
+    engine = _migration_engine(sa.URL.create("sqlite", database=str(path)))
     try:
         with engine.connect() as connection:
             _upgrade_to_head(connection)
     finally:
         engine.dispose()
-    if not path.with_name(f"{path.name}-wal").exists():  # else the file alone is not the database
-        with contextlib.suppress(OSError):  # a cache that cannot be written: the next home migrates
-            template.parent.mkdir(parents=True, exist_ok=True)
-            _copied(path, template)
-    return True
-
-
-def _migrated_template() -> Path:
-    """Where this machine keeps a database migrated by this Prefect: named by its version and the
-    names of its SQLite migrations, so that another Prefect never finds it."""
-    import prefect
-    from prefect.server.database import provide_database_interface
-
-    versions = Path(provide_database_interface().orm.versions_dir)
-    migrations = sorted(path.name for path in versions.glob("*.py"))
-    key = hashlib.sha256("\n".join([prefect.__version__, *migrations]).encode()).hexdigest()[:16]
-    return machine_cache() / "prefect-db" / f"{key}.db"
-
-
-def _copied(source: Path, target: Path) -> None:
-    """Copy `source` to `target` through a temporary file beside it: readers see all of it or none."""
-    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-    try:
-        shutil.copyfile(source, partial)
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def _migration_engine(url: sa.URL) -> sa.Engine:
@@ -116,3 +163,8 @@ def _upgrade_to_head(connection: sa.Connection) -> None:
             warnings.filterwarnings("ignore", "Skipped unsupported reflection", sa.exc.SAWarning)
             with environment.begin_transaction():
                 environment.run_migrations()
+
+
+if __name__ == "__main__":
+    write_schema(SHIPPED_SCHEMA)
+    print(f"wrote {SHIPPED_SCHEMA} for the migrations keyed {migrations_key()}")
