@@ -7,7 +7,7 @@ synchronous connection (and kept for the next fresh home).
 Prefect's server runs its 116 migrations through aiosqlite: each of their 34k statements is a round
 trip between the event loop and aiosqlite's thread, 5.7 s of CPU on these machines, taken from the
 sweep's start (bench/README.md). The same migrations on the standard library's sqlite3 take
-3.0-3.5 s (alembic's imports included), the shipped schema 15 ms, a copy 2 ms. Prefect's server then
+2.2-3.3 s (alembic's imports included), the shipped schema 15-20 ms, a copy 2-5 ms. Prefect's server then
 finds its database at the head revision and migrates nothing. A database that exists already, and any
 database other than a SQLite file, is left to Prefect.
 
