@@ -4,7 +4,7 @@ Prefect's server starts (flows/server_app.py): restored from the schema this rep
 one this machine migrated earlier for the same migrations, else created by Prefect's migrations on a
 synchronous connection (and kept for the next fresh home).
 
-Prefect's server runs its 116 migrations through aiosqlite: each of their 34k statements is a round
+Prefect's server runs its 115 SQLite migrations through aiosqlite: each of their 34k statements is a round
 trip between the event loop and aiosqlite's thread, 5.7 s of CPU on these machines, taken from the
 sweep's start (bench/README.md). The same migrations on the standard library's sqlite3 take
 2.2-3.3 s (alembic's imports included), the shipped schema 15-20 ms, a copy 2-5 ms. Prefect's server then
@@ -49,8 +49,9 @@ def create_if_new(connection_url: str, shipped_schema: Path = SHIPPED_SCHEMA) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     key = migrations_key()
     template = machine_cache() / "prefect-db" / f"{key}.db"
-    if shipped_schema.exists() and schema_key(shipped_schema) == key:
-        _written(path, lambda partial: _restore(shipped_schema.read_text(encoding="utf-8"), partial))
+    shipped_sql = shipped_schema.read_text(encoding="utf-8") if shipped_schema.exists() else ""
+    if schema_key(shipped_sql) == key:
+        _written(path, lambda partial: _restore(shipped_sql, partial))
     elif template.exists():
         _written(path, lambda partial: shutil.copyfile(template, partial))
     else:
@@ -73,10 +74,10 @@ def migrations_key() -> str:
     return digest.hexdigest()[:16]
 
 
-def schema_key(schema: Path) -> str | None:
-    """The migrations key a schema file written by `write_schema` names in its first line."""
-    with schema.open(encoding="utf-8") as text:
-        first = text.readline().rstrip("\n")
+def schema_key(schema_sql: str) -> str | None:
+    """The migrations key that the text of a schema file written by `write_schema` names in its first
+    line."""
+    first = schema_sql.partition("\n")[0]
     return first.removeprefix(KEY_LINE) if first.startswith(KEY_LINE) else None
 
 

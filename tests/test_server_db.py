@@ -60,6 +60,7 @@ def prefects(tmp_path_factory) -> dict:
     """The schema of the database Prefect's own start creates."""
     home = tmp_path_factory.mktemp("prefects")
     found = schema(created(home, PREFECTS_OWN, home / "cache"))
+    assert not (home / "cache").exists()  # Prefect's own start, untouched by ours
     assert len(found) > 50 and found["journal_mode"] == [("wal",)]
     return found
 
@@ -83,7 +84,7 @@ def test_a_fresh_homes_database_is_the_one_prefect_creates(tmp_path, prefects):
 
     written = tmp_path / "schema.sql"
     write_schema(written)
-    assert schema_key(written) == migrations_key()
+    assert schema_key(written.read_text(encoding="utf-8")) == migrations_key()
     assert schema(created(tmp_path / "restored", OURS, cache, written)) == prefects  # not the marked copy
 
 
@@ -91,7 +92,7 @@ def test_the_shipped_schema_is_the_installed_prefects(tmp_path, prefects):
     """Catches a shipped schema file that restores anything but what the installed Prefect's start
     creates. Skipped, naming the fix, where this Prefect's migrations are not the ones it was made
     from: fresh homes then migrate once per machine, as the test above checks."""
-    if schema_key(SHIPPED_SCHEMA) != migrations_key():
+    if schema_key(SHIPPED_SCHEMA.read_text(encoding="utf-8")) != migrations_key():
         pytest.skip(f"{SHIPPED_SCHEMA.name} is for other Prefect migrations: run python -m flows.server_db")
     cache = tmp_path / "cache"
     assert schema(created(tmp_path / "shipped", OURS, cache, SHIPPED_SCHEMA)) == prefects
