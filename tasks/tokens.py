@@ -89,9 +89,11 @@ def _encoded_by_piece(tokenizer: Tokenizer, texts: list[str]) -> np.ndarray:
     lengths = np.array([len(e.ids) for e in encodings], dtype=np.int64)
     ids = itertools.chain.from_iterable(e.ids for e in encodings)
     piece_ids = np.fromiter(ids, dtype=np.uint16, count=int(lengths.sum()))
-    counts = lengths[order]
-    within_piece = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    return piece_ids[np.repeat((np.cumsum(lengths) - lengths)[order], counts) + within_piece]
+    piece_starts = np.cumsum(lengths) - lengths  # where each piece's ids begin in piece_ids
+    counts = lengths[order]  # the ids of each piece in the stream, in order
+    stream_starts = np.cumsum(counts) - counts  # where they begin in the stream
+    within_piece = np.arange(counts.sum()) - np.repeat(stream_starts, counts)
+    return piece_ids[np.repeat(piece_starts[order], counts) + within_piece]
 
 
 def _splits_into_pieces(tokenizer: Tokenizer, texts: list[str]) -> bool:
